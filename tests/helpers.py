@@ -1,0 +1,65 @@
+"""
+Shared test scaffolding.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol, Role
+from twisted_keepalive.testing import MemoryPair
+
+
+class ClockTestCase(SynchronousTestCase):
+    """
+    A test with a fake clock that must end with no DelayedCall pending,
+    unless the test has closed everything it opened.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.addCleanup(self.assertNoDelayedCalls)
+
+    def assertNoDelayedCalls(self) -> None:
+        pending = [c for c in self.clock.getDelayedCalls() if c.active()]
+        self.assertEqual(pending, [], "DelayedCalls left behind")
+
+
+class Recorder(HeartbeatProtocol):
+    """
+    A HeartbeatProtocol that records what it is told.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.messages: list[bytes] = []
+        self.rtts: list[float] = []
+        self.handshakes = 0
+        self.closed: list[object] = []
+
+    def handshakeCompleted(self) -> None:
+        self.handshakes += 1
+
+    def messageReceived(self, message: bytes) -> None:
+        self.messages.append(message)
+
+    def pongReceived(self, rtt: float) -> None:
+        self.rtts.append(rtt)
+
+    def connectionClosed(self, reason) -> None:  # type: ignore[no-untyped-def]
+        self.closed.append(reason.value)
+
+
+def makePair(
+    clock: Clock,
+    client: HeartbeatConfig | None = None,
+    server: HeartbeatConfig | None = None,
+    connect: bool = True,
+) -> tuple[Recorder, Recorder, MemoryPair]:
+    c = Recorder(client or HeartbeatConfig(interval=1.0, timeout=3.0), role=Role.CLIENT, clock=clock)
+    s = Recorder(server or HeartbeatConfig(interval=5.0, timeout=10.0), role=Role.SERVER, clock=clock)
+    pair = MemoryPair(c, s, clock)
+    if connect:
+        pair.connect()
+    return c, s, pair

@@ -1,0 +1,66 @@
+"""
+Heartbeat settings, validated once so that bad values fail where they are
+written rather than later inside the reactor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .frames import DEFAULT_MAX_FRAME, MAX_FIELD_BYTES, MIN_MAX_FRAME
+from .tcp import TCPKeepalive
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    """
+    How one side of a connection heartbeats.  All times in seconds.
+
+    @ivar interval: client: the ping interval it proposes (the server may
+        bound it).  Server: the largest interval it lets a client use.
+    @ivar timeout: inbound silence after which the peer is declared dead and
+        the connection aborted.  Must exceed C{interval}; 2 to 3 times
+        C{interval} tolerates one or two lost pings.  For a server this is
+        the idle-eviction time.
+    @ivar minInterval: server only: the smallest interval a client may use;
+        faster proposals are raised to it.  L{None}: no floor.
+    @ivar handshakeTimeout: the HELLO exchange must finish within this.
+    @ivar closeTimeout: after sending CLOSE, how long to wait for the
+        transport to flush before aborting it.
+    @ivar maxFrame: the largest frame (its length field) we accept.
+    @ivar clientId: client only: an identifier sent in HELLO.
+    @ivar token: a shared secret: a client sends it, a server requires it.
+    @ivar tcpKeepalive: kernel-level keepalive for the socket, or L{None}.
+    """
+
+    interval: float = 10.0
+    timeout: float = 30.0
+    minInterval: float | None = None
+    handshakeTimeout: float = 10.0
+    closeTimeout: float = 5.0
+    maxFrame: int = DEFAULT_MAX_FRAME
+    clientId: str | None = None
+    token: bytes | None = None
+    tcpKeepalive: TCPKeepalive | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "timeout", "handshakeTimeout", "closeTimeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if self.interval < 0.001:
+            raise ValueError(f"interval must be at least 0.001 s, not {self.interval!r}")
+        if self.timeout <= self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) must be longer than interval ({self.interval:g}s)"
+            )
+        if self.minInterval is not None and not 0 < self.minInterval <= self.interval:
+            raise ValueError(
+                f"minInterval must be positive and at most interval, not {self.minInterval!r}"
+            )
+        if not MIN_MAX_FRAME <= self.maxFrame <= 0xFFFFFFFF:
+            raise ValueError(f"maxFrame must be between {MIN_MAX_FRAME} and 2**32-1")
+        if self.clientId is not None and len(self.clientId.encode("utf-8")) > MAX_FIELD_BYTES:
+            raise ValueError("clientId must be at most 255 bytes of UTF-8")
+        if self.token is not None and not 0 < len(self.token) <= MAX_FIELD_BYTES:
+            raise ValueError("token must be 1 to 255 bytes")

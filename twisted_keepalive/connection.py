@@ -1,0 +1,320 @@
+"""
+The protocol engine, free of I/O: bytes and timestamps in, events and bytes
+out, in the manner of h11's C{Connection}.
+
+L{KeepaliveConnection.receive} returns a list of events.  An application
+message is returned as plain L{bytes} (the most frequent event costs no
+wrapper object); everything else is one of the event classes below.  Bytes
+to write accumulate in an outbox drained by L{KeepaliveConnection.dataToSend}.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from .config import HeartbeatConfig
+from .errors import CloseCode, LocalProtocolError, RemoteProtocolError
+from .frames import (
+    HANDSHAKE_MAX_FRAME,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Close,
+    FrameDecoder,
+    FrameType,
+    Hello,
+    Ping,
+    Pong,
+    encodeClose,
+    encodeData,
+    encodeHello,
+    encodePing,
+    encodePong,
+    parseFrame,
+)
+from .liveness import Liveness, Verdict
+from .rtt import RTTEstimator
+
+
+class Role(Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(Enum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    """
+    Both HELLOs have been exchanged; messages may flow.
+
+    @ivar peer: the peer's HELLO.
+    @ivar interval: the negotiated ping interval (seconds).
+    @ivar timeout: our dead-peer bound after negotiation (seconds).
+    """
+
+    peer: Hello
+    version: int
+    interval: float
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    """
+    The peer pinged; the PONG is already in the outbox.  Servers use this to
+    enforce a ping rate.
+    """
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReceived:
+    code: int
+    reason: str
+    retryAfter: float | None
+
+
+Event = bytes | HandshakeCompleted | PongReceived | PingReceived | CloseReceived
+
+#: Pings whose PONG is awaited are kept to check each PONG and time it.  The
+#: timeout bounds how many can be outstanding; this caps it regardless.
+MAX_OUTSTANDING_PINGS = 64
+
+
+class KeepaliveConnection:
+    """
+    One side of one connection.
+
+    @ivar liveness: the timestamps the timer reads; set up at construction
+        with no ping and no timeout, armed by the handshake.
+    """
+
+    def __init__(self, role: Role, config: HeartbeatConfig, now: float) -> None:
+        self.role = role
+        self.config = config
+        self.state = State.HANDSHAKING
+        self.version: int | None = None
+        self.peerHello: Hello | None = None
+        self.peerMaxFrame = HANDSHAKE_MAX_FRAME
+        self.liveness = Liveness(None, None, now)
+        self.rtt = RTTEstimator()
+        self.connectedAt = now
+        self.handshakeAt: float | None = None
+        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+        self._outbox: list[bytes] = []
+        self._outstanding: deque[tuple[int, float, int]] = deque()
+        self._nextPingId = 1
+        self.framesIn = self.framesOut = 0
+        self.bytesIn = self.bytesOut = 0
+        self.messagesIn = self.messagesOut = 0
+        self.pingsSent = self.pongsReceived = self.pingsReceived = 0
+
+    # Output
+
+    def _emit(self, frame: bytes, now: float) -> None:
+        self._outbox.append(frame)
+        self.framesOut += 1
+        self.bytesOut += len(frame)
+        self.liveness.lastSent = now
+
+    def dataToSend(self) -> bytes:
+        """
+        Drain the outbox.
+        """
+        if not self._outbox:
+            return b""
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        return data
+
+    def initiate(self, now: float) -> None:
+        """
+        Put the client's HELLO in the outbox.
+        """
+        if self.role is not Role.CLIENT:
+            raise LocalProtocolError("only a client initiates the handshake")
+        cfg = self.config
+        hello = Hello(
+            PROTOCOL_VERSION, cfg.interval, cfg.timeout, cfg.maxFrame, cfg.clientId, cfg.token
+        )
+        self._emit(encodeHello(hello), now)
+
+    def encodeMessage(self, payload: bytes, now: float) -> bytes:
+        """
+        Frame one application message, for the caller to write.
+
+        @raise LocalProtocolError: the connection is not open, or the message
+            exceeds what the peer accepts.
+        """
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(f"cannot send: connection is {self.state.value}")
+        if len(payload) + 2 > self.peerMaxFrame:
+            raise LocalProtocolError(
+                f"message of {len(payload)} bytes exceeds the peer's limit of "
+                f"{self.peerMaxFrame - 2}"
+            )
+        frame = encodeData(payload)
+        self.framesOut += 1
+        self.bytesOut += len(frame)
+        self.messagesOut += 1
+        self.liveness.lastSent = now
+        return frame
+
+    def close(self, code: int, reason: str, retryAfter: float | None, now: float) -> None:
+        """
+        Put a CLOSE in the outbox (unless already closed) and stop.
+        """
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            self._emit(encodeClose(code, reason, retryAfter), now)
+
+    # Timer
+
+    def tick(self, now: float) -> Verdict:
+        """
+        The timer fired: decide, and put a PING in the outbox if one is due.
+        """
+        if self.state is not State.OPEN:
+            return Verdict.IDLE
+        verdict = self.liveness.check(now)
+        if verdict is Verdict.PING:
+            pingId = self._nextPingId
+            self._nextPingId = (pingId + 1) & 0xFFFFFFFF or 1
+            stamp = int(now * 1_000_000) & 0xFFFFFFFFFFFFFFFF
+            if len(self._outstanding) >= MAX_OUTSTANDING_PINGS:
+                self._outstanding.popleft()
+            self._outstanding.append((pingId, now, stamp))
+            self._emit(encodePing(pingId, stamp), now)
+            self.liveness.pingSent(now)
+            self.pingsSent += 1
+        return verdict
+
+    # Input
+
+    def receive(self, data: bytes, now: float) -> list[Event]:
+        """
+        Feed bytes from the peer.
+
+        @raise RemoteProtocolError: the peer broke the protocol.  The state is
+            then L{State.CLOSED} and a CLOSE with the error's code is in the
+            outbox; the caller flushes it and drops the connection.
+        """
+        if self.state is State.CLOSED or not data:
+            return []
+        self.liveness.lastReceived = now
+        self.bytesIn += len(data)
+        events: list[Event] = []
+        try:
+            for ftype, flags, payload in self._decoder.feed(data):
+                self.framesIn += 1
+                if ftype == 4 and self.state is State.OPEN:  # DATA, the hot path
+                    self.messagesIn += 1
+                    events.append(payload)
+                    continue
+                self._control(ftype, flags, payload, now, events)
+                if self.state is State.CLOSED:
+                    break
+        except RemoteProtocolError as e:
+            self.close(e.code, str(e), None, now)
+            raise
+        return events
+
+    def _control(
+        self, ftype: int, flags: int, payload: bytes, now: float, events: list[Event]
+    ) -> None:
+        frame = parseFrame(ftype, flags, payload)
+        if isinstance(frame, Close):
+            self.state = State.CLOSED
+            events.append(CloseReceived(frame.code, frame.reason, frame.retryAfter))
+            return
+        if ftype >= 0x80:
+            return  # an extension we do not know: skipped, but it proved life
+        if self.state is State.HANDSHAKING:
+            if not isinstance(frame, Hello):
+                raise RemoteProtocolError(
+                    f"expected HELLO, got {FrameType(ftype).name} before the handshake"
+                )
+            events.append(self._handshake(frame, now))
+            return
+        if isinstance(frame, Ping):
+            self.pingsReceived += 1
+            self._emit(encodePong(frame.id, frame.timestamp), now)
+            events.append(PingReceived(now))
+        elif isinstance(frame, Pong):
+            events.append(PongReceived(self._pong(frame, now)))
+        elif isinstance(frame, Hello):
+            raise RemoteProtocolError("HELLO received after the handshake")
+
+    def _pong(self, pong: Pong, now: float) -> float:
+        if not self._outstanding:
+            raise RemoteProtocolError(f"PONG {pong.id} for a ping never sent")
+        pingId, sentAt, stamp = self._outstanding[0]
+        if pong.id != pingId or pong.timestamp != stamp:
+            raise RemoteProtocolError(
+                f"PONG {pong.id} does not answer the oldest outstanding PING {pingId}"
+            )
+        self._outstanding.popleft()
+        rtt = max(0.0, now - sentAt)
+        self.rtt.add(rtt)
+        self.pongsReceived += 1
+        return rtt
+
+    def _handshake(self, hello: Hello, now: float) -> HandshakeCompleted:
+        cfg = self.config
+        if hello.version < MIN_PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"protocol version {hello.version} unsupported "
+                f"(this peer speaks {MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION})",
+                CloseCode.UNSUPPORTED_VERSION,
+            )
+        if hello.interval <= 0:
+            raise RemoteProtocolError("HELLO interval must be positive")
+        if self.role is Role.SERVER:
+            if cfg.token is not None and not hmac.compare_digest(hello.token or b"", cfg.token):
+                raise RemoteProtocolError("wrong or missing token", CloseCode.AUTH_FAILED)
+            version = min(hello.version, PROTOCOL_VERSION)
+            interval = min(hello.interval, cfg.interval)
+            if cfg.minInterval is not None:
+                interval = max(interval, cfg.minInterval)
+            timeout = cfg.timeout
+            # The server answers pings and evicts the silent; it never pings.
+            self.liveness.timeout = timeout
+            reply = Hello(version, interval, timeout, cfg.maxFrame)
+            self._emit(encodeHello(reply), now)
+        else:
+            if hello.version > PROTOCOL_VERSION:
+                raise RemoteProtocolError(
+                    f"server chose protocol version {hello.version}, "
+                    f"but this client offered {PROTOCOL_VERSION}",
+                    CloseCode.UNSUPPORTED_VERSION,
+                )
+            version = hello.version
+            interval = hello.interval
+            timeout = cfg.timeout
+            if interval > cfg.interval:
+                # The server imposed a longer interval: keep the same number
+                # of missed pings before declaring it dead.
+                timeout = cfg.timeout * interval / cfg.interval
+            self.liveness.interval = interval
+            self.liveness.timeout = timeout
+        self.version = version
+        self.peerHello = hello
+        self.peerMaxFrame = hello.maxFrame
+        self._decoder.maxFrame = cfg.maxFrame
+        self.state = State.OPEN
+        self.handshakeAt = now
+        self.liveness.lastPing = now
+        return HandshakeCompleted(hello, version, interval, timeout)

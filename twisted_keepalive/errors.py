@@ -1,0 +1,152 @@
+"""
+Errors and disconnect reasons.
+
+Two families, kept apart as h11 does:
+
+ - L{LocalProtocolError}: I{we} (the application) misused the API, for
+   example by sending a message larger than the peer accepts.  Raised to the
+   caller; the connection is unaffected.
+ - L{RemoteProtocolError}: the I{peer} broke the wire protocol.  Never raised
+   into the reactor: the connection is closed with a CLOSE frame carrying
+   L{RemoteProtocolError.code} and the loss is reported as L{ProtocolViolation}.
+
+The C{connectionLost} reasons below subclass Twisted's own
+L{twisted.internet.error} classes, so code that already tells
+C{ConnectionDone} from C{ConnectionLost} keeps working, while code that cares
+can tell a heartbeat timeout from any other loss.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from twisted.internet import error
+
+
+class CloseCode(IntEnum):
+    """
+    Reason codes carried by CLOSE frames (see docs/protocol.md).
+    """
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_VERSION = 1003
+    FRAME_TOO_LARGE = 1004
+    HANDSHAKE_TIMEOUT = 1005
+    AUTH_FAILED = 1006
+    TOO_MANY_CONNECTIONS = 1007
+    TOO_MANY_PINGS = 1008
+    IDLE_TIMEOUT = 1009
+    SLOW_CONSUMER = 1010
+    INTERNAL_ERROR = 1011
+
+    @classmethod
+    def describe(cls, code: int) -> str:
+        """
+        A readable name for any code, including ones this version does not know.
+        """
+        try:
+            return cls(code).name
+        except ValueError:
+            return f"code {code}"
+
+
+class _Plain:
+    """
+    Mixin: print the message alone, without Twisted's generic prefix.
+    """
+
+    args: tuple[object, ...]
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+class KeepaliveError(Exception):
+    """
+    Base class of every exception this library raises.
+    """
+
+
+class LocalProtocolError(KeepaliveError):
+    """
+    The application asked for something the protocol does not allow.
+    """
+
+
+class RemoteProtocolError(KeepaliveError):
+    """
+    The peer sent something the protocol does not allow.
+
+    @ivar code: the L{CloseCode} to send back.
+    """
+
+    def __init__(self, message: str, code: CloseCode = CloseCode.PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class HeartbeatTimeout(_Plain, error.ConnectionAborted):
+    """
+    The peer was silent for longer than the timeout; the connection was aborted.
+
+    @ivar silence: seconds since the last inbound byte when the abort happened.
+    @ivar timeout: the configured bound.
+    """
+
+    def __init__(self, silence: float, timeout: float) -> None:
+        super().__init__(f"no data from peer for {silence:.3f}s (timeout {timeout:g}s)")
+        self.silence = silence
+        self.timeout = timeout
+
+
+class HandshakeTimeout(_Plain, error.ConnectionAborted):
+    """
+    The HELLO exchange did not complete in time; the connection was aborted.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"handshake not completed within {timeout:g}s")
+        self.timeout = timeout
+
+
+class ProtocolViolation(_Plain, error.ConnectionLost):
+    """
+    The peer broke the wire protocol; we sent CLOSE and dropped the connection.
+
+    @ivar code: the L{CloseCode} we sent.
+    """
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{CloseCode.describe(code)}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class PeerClosed(_Plain, error.ConnectionDone):
+    """
+    The peer sent a CLOSE frame.
+
+    @ivar code: its reason code (an L{int}; compare with L{CloseCode}).
+    @ivar reason: its reason text.
+    @ivar retryAfter: its hint, in seconds, before reconnecting, or L{None}.
+    """
+
+    def __init__(self, code: int, reason: str, retryAfter: float | None) -> None:
+        hint = "" if retryAfter is None else f", retry after {retryAfter:g}s"
+        super().__init__(f"closed by peer: {CloseCode.describe(code)} {reason!r}{hint}")
+        self.code = code
+        self.reason = reason
+        self.retryAfter = retryAfter
+
+
+class ClosedLocally(_Plain, error.ConnectionDone):
+    """
+    The application (or a server limit) closed the connection with a CLOSE frame.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"closed locally: {CloseCode.describe(code)} {reason!r}")
+        self.code = code
+        self.reason = reason

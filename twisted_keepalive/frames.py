@@ -1,0 +1,341 @@
+"""
+The wire format: frame types, encoders, and an incremental decoder.
+
+Pure bytes in, bytes out; no Twisted.  docs/protocol.md is the normative
+description and its byte examples are checked against this module by the
+test suite.
+
+Every frame is::
+
+    length:u32  type:u8  flags:u8  payload[length - 2]
+
+with all integers big-endian and C{length} counting the type and flags bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+
+from .errors import CloseCode, RemoteProtocolError
+
+#: The protocol version this implementation speaks.
+PROTOCOL_VERSION = 1
+#: The lowest version this implementation accepts.
+MIN_PROTOCOL_VERSION = 1
+
+#: Default largest frame (the C{length} field) a receiver accepts: 1 MiB.
+DEFAULT_MAX_FRAME = 1 << 20
+#: Largest frame accepted before the handshake completes; bounds what an
+#: unauthenticated peer can make us buffer.
+HANDSHAKE_MAX_FRAME = 4096
+#: Smallest C{max_frame} a peer may announce: enough for any control frame.
+MIN_MAX_FRAME = 1024
+#: Largest value of the C{length} field that the format can carry.
+MAX_LENGTH_FIELD = 0xFFFFFFFF
+
+#: C{retry_after_ms} value meaning "no hint".
+NO_RETRY_HINT = 0xFFFFFFFF
+#: Longest CLOSE reason text, in bytes of UTF-8.
+MAX_REASON_BYTES = 1024
+#: Longest client id or token, in bytes.
+MAX_FIELD_BYTES = 255
+
+_HEADER = struct.Struct(">IBB")
+HEADER_SIZE = _HEADER.size  # 6
+_HELLO_FIXED = struct.Struct(">BIII")
+_PING = struct.Struct(">IQ")
+_CLOSE_FIXED = struct.Struct(">HI")
+_TLV = struct.Struct(">BH")
+
+
+class FrameType(IntEnum):
+    """
+    Frame types.  0x00-0x7F are critical (an unknown one is a protocol
+    error); 0x80-0xFF are extensions that a receiver that does not know them
+    skips.
+    """
+
+    HELLO = 0x01
+    PING = 0x02
+    PONG = 0x03
+    DATA = 0x04
+    CLOSE = 0x05
+
+
+EXTENSION_TYPE_MIN = 0x80
+
+
+class HelloField(IntEnum):
+    """
+    Tags of the optional TLV fields that follow HELLO's fixed part.
+    Unknown tags are ignored, which is how later versions add fields.
+    """
+
+    CLIENT_ID = 0x01
+    TOKEN = 0x02
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """
+    The handshake frame, sent first by each side.
+
+    @ivar version: client: the highest version it speaks; server: the
+        version chosen for this connection.
+    @ivar interval: client: its proposed ping interval; server: the interval
+        the client must use.  Seconds (milliseconds on the wire).
+    @ivar timeout: the inbound silence after which the sender declares the
+        peer dead (a server: evicts it); 0 means never.  Seconds.
+    @ivar maxFrame: the largest C{length} the sender accepts.
+    """
+
+    version: int
+    interval: float
+    timeout: float
+    maxFrame: int
+    clientId: str | None = None
+    token: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: int
+    timestamp: int  # microseconds on the sender's clock; opaque to the receiver
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    id: int
+    timestamp: int  # echoed from the PING
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str = ""
+    retryAfter: float | None = None  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """
+    A frame of an extension type (0x80-0xFF) that this version skips.
+    """
+
+    type: int
+    flags: int
+    payload: bytes
+
+
+Frame = Hello | Ping | Pong | Close | Data | Extension
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _frame(ftype: int, payload: bytes, flags: int = 0) -> bytes:
+    return _HEADER.pack(len(payload) + 2, ftype, flags) + payload
+
+
+def encodeData(payload: bytes) -> bytes:
+    """
+    Encode one DATA frame.  The hot path: one pack and one concatenation.
+    """
+    return _HEADER.pack(len(payload) + 2, 4, 0) + payload
+
+
+def encodePing(pingId: int, timestamp: int) -> bytes:
+    return _frame(FrameType.PING, _PING.pack(pingId, timestamp))
+
+
+def encodePong(pingId: int, timestamp: int) -> bytes:
+    return _frame(FrameType.PONG, _PING.pack(pingId, timestamp))
+
+
+def encodeClose(code: int, reason: str = "", retryAfter: float | None = None) -> bytes:
+    text = reason.encode("utf-8")[:MAX_REASON_BYTES]
+    # Cutting UTF-8 may split a character; drop the partial one.
+    text = text.decode("utf-8", "ignore").encode("utf-8")
+    hint = NO_RETRY_HINT if retryAfter is None else min(_ms(max(retryAfter, 0.0)), NO_RETRY_HINT - 1)
+    return _frame(FrameType.CLOSE, _CLOSE_FIXED.pack(code, hint) + text)
+
+
+def encodeHello(hello: Hello) -> bytes:
+    body = [
+        _HELLO_FIXED.pack(hello.version, _ms(hello.interval), _ms(hello.timeout), hello.maxFrame)
+    ]
+    if hello.clientId is not None:
+        value = hello.clientId.encode("utf-8")
+        body.append(_TLV.pack(HelloField.CLIENT_ID, len(value)) + value)
+    if hello.token is not None:
+        body.append(_TLV.pack(HelloField.TOKEN, len(hello.token)) + hello.token)
+    return _frame(FrameType.HELLO, b"".join(body))
+
+
+def encodeFrame(frame: Frame) -> bytes:
+    """
+    Encode any frame object; convenient for tests and tools.
+    """
+    if isinstance(frame, Data):
+        return encodeData(frame.payload)
+    if isinstance(frame, Ping):
+        return encodePing(frame.id, frame.timestamp)
+    if isinstance(frame, Pong):
+        return encodePong(frame.id, frame.timestamp)
+    if isinstance(frame, Close):
+        return encodeClose(frame.code, frame.reason, frame.retryAfter)
+    if isinstance(frame, Hello):
+        return encodeHello(frame)
+    return _frame(frame.type, frame.payload, frame.flags)
+
+
+def _parseHello(payload: bytes) -> Hello:
+    if len(payload) < _HELLO_FIXED.size:
+        raise RemoteProtocolError(f"HELLO payload is {len(payload)} bytes, needs at least 13")
+    version, intervalMs, timeoutMs, maxFrame = _HELLO_FIXED.unpack_from(payload)
+    clientId: str | None = None
+    token: bytes | None = None
+    seen: set[int] = set()
+    offset = _HELLO_FIXED.size
+    while offset < len(payload):
+        if offset + _TLV.size > len(payload):
+            raise RemoteProtocolError("HELLO field header truncated")
+        tag, size = _TLV.unpack_from(payload, offset)
+        offset += _TLV.size
+        value = payload[offset : offset + size]
+        if len(value) != size:
+            raise RemoteProtocolError(f"HELLO field 0x{tag:02x} truncated")
+        offset += size
+        if tag in seen:
+            raise RemoteProtocolError(f"HELLO field 0x{tag:02x} repeated")
+        seen.add(tag)
+        if tag == HelloField.CLIENT_ID:
+            if size > MAX_FIELD_BYTES:
+                raise RemoteProtocolError("HELLO client id longer than 255 bytes")
+            try:
+                clientId = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RemoteProtocolError("HELLO client id is not UTF-8") from None
+        elif tag == HelloField.TOKEN:
+            if size > MAX_FIELD_BYTES:
+                raise RemoteProtocolError("HELLO token longer than 255 bytes")
+            token = value
+        # Unknown tags are skipped: that is how later versions extend HELLO.
+    if maxFrame < MIN_MAX_FRAME:
+        raise RemoteProtocolError(f"HELLO max_frame {maxFrame} is below {MIN_MAX_FRAME}")
+    return Hello(version, intervalMs / 1000, timeoutMs / 1000, maxFrame, clientId, token)
+
+
+def parseFrame(ftype: int, flags: int, payload: bytes) -> Frame:
+    """
+    Turn one decoded frame into a frame object.
+
+    @raise RemoteProtocolError: the payload does not fit the type, or the
+        type is an unknown critical one.
+    """
+    if ftype == FrameType.DATA:
+        return Data(payload)
+    if ftype in (FrameType.PING, FrameType.PONG):
+        if len(payload) != _PING.size:
+            name = FrameType(ftype).name
+            raise RemoteProtocolError(f"{name} payload is {len(payload)} bytes, must be 12")
+        pingId, timestamp = _PING.unpack(payload)
+        return Ping(pingId, timestamp) if ftype == FrameType.PING else Pong(pingId, timestamp)
+    if ftype == FrameType.CLOSE:
+        if len(payload) < _CLOSE_FIXED.size:
+            raise RemoteProtocolError(f"CLOSE payload is {len(payload)} bytes, needs at least 6")
+        code, hint = _CLOSE_FIXED.unpack_from(payload)
+        reason = payload[_CLOSE_FIXED.size :].decode("utf-8", "replace")
+        return Close(code, reason, None if hint == NO_RETRY_HINT else hint / 1000)
+    if ftype == FrameType.HELLO:
+        return _parseHello(payload)
+    if ftype >= EXTENSION_TYPE_MIN:
+        return Extension(ftype, flags, payload)
+    raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")
+
+
+class FrameDecoder:
+    """
+    Incremental decoder: feed it bytes as they arrive, get whole frames out.
+
+    A frame whose length field exceeds L{maxFrame} is refused from its
+    header alone, before any of its payload is buffered, so memory stays
+    bounded by C{maxFrame + chunk size}.  L{maxFrame} may be changed between
+    frames (the handshake raises it).
+    """
+
+    __slots__ = ("_chunks", "_need", "_size", "maxFrame")
+
+    def __init__(self, maxFrame: int = DEFAULT_MAX_FRAME) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        # Bytes needed before anything can be decoded: a header, or the rest
+        # of a frame whose header was read.  Chunks are only joined once this
+        # many have arrived, so a large frame costs one copy, not one per read.
+        self._need = HEADER_SIZE
+        self.maxFrame = maxFrame
+
+    @property
+    def buffered(self) -> int:
+        """
+        Bytes received but not yet part of a whole frame.
+        """
+        return self._size
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes]]:
+        """
+        Add C{data} and yield each complete frame as C{(type, flags, payload)}.
+
+        The generator is lazy and must be consumed before the next call:
+        L{maxFrame} is read afresh for each frame.
+
+        @raise RemoteProtocolError: a length field below 2 or above
+            L{maxFrame}.  The decoder is then unusable.
+        """
+        self._size += len(data)
+        if self._size < self._need:
+            if data:
+                self._chunks.append(data)
+            return
+        if self._chunks:
+            self._chunks.append(data)
+            buf = b"".join(self._chunks)
+        else:
+            buf = data
+        offset = 0
+        end = len(buf)
+        need = HEADER_SIZE
+        unpack = _HEADER.unpack_from
+        try:
+            while end - offset >= HEADER_SIZE:
+                length, ftype, flags = unpack(buf, offset)
+                if length > self.maxFrame:
+                    raise RemoteProtocolError(
+                        f"frame of {length} bytes exceeds the limit of {self.maxFrame}",
+                        CloseCode.FRAME_TOO_LARGE,
+                    )
+                if length < 2:
+                    raise RemoteProtocolError(f"bad frame length {length} (minimum is 2)")
+                stop = offset + 4 + length
+                if stop > end:
+                    need = 4 + length
+                    break
+                payload = buf[offset + HEADER_SIZE : stop]
+                offset = stop
+                yield ftype, flags, payload
+            else:
+                need = HEADER_SIZE
+        finally:
+            rest = buf[offset:] if offset else buf
+            self._chunks = [rest] if rest else []
+            self._size = len(rest)
+            self._need = need

@@ -1,0 +1,418 @@
+"""
+L{HeartbeatProtocol}: the Twisted shell around L{KeepaliveConnection}.
+
+Applications subclass it, override L{HeartbeatProtocol.messageReceived} and
+call L{HeartbeatProtocol.sendMessage}.  The protocol pings when the link is
+idle, answers the peer's pings, measures RTT, and aborts the connection when
+the peer stays silent past its timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .config import HeartbeatConfig
+from .connection import (
+    CloseReceived,
+    HandshakeCompleted,
+    KeepaliveConnection,
+    PingReceived,
+    PongReceived,
+    Role,
+    State,
+)
+from .errors import (
+    ClosedLocally,
+    CloseCode,
+    HandshakeTimeout,
+    HeartbeatTimeout,
+    LocalProtocolError,
+    PeerClosed,
+    ProtocolViolation,
+    RemoteProtocolError,
+)
+from .liveness import Verdict
+from .tcp import applyTCPKeepalive, findSocket
+from .timer import IdleTimer
+
+
+def maybeGlobalReactor(clock: IReactorTime | None) -> IReactorTime:
+    """
+    C{clock}, or the global reactor if it is L{None}.
+    """
+    if clock is None:
+        from twisted.internet import reactor
+
+        return reactor  # type: ignore[return-value]
+    return clock
+
+
+def describePeer(transport: Any) -> str:
+    """
+    C{host:port} of the peer, for log lines; never raises.
+    """
+    try:
+        peer = transport.getPeer()
+        host, port = peer.host, peer.port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    except Exception:
+        return "unknown peer"
+
+
+@dataclass(frozen=True)
+class HeartbeatStats:
+    """
+    A snapshot of one connection's health.  Times are clock seconds (epoch
+    seconds with the real reactor); RTTs are seconds or L{None} before the
+    first PONG.
+    """
+
+    state: str
+    interval: float | None
+    timeout: float | None
+    srtt: float | None
+    rttvar: float | None
+    lastRtt: float | None
+    minRtt: float | None
+    connectedAt: float
+    handshakeAt: float | None
+    lastReceived: float
+    lastSent: float
+    pingsSent: int
+    pongsReceived: int
+    pingsReceived: int
+    framesIn: int
+    framesOut: int
+    bytesIn: int
+    bytesOut: int
+    messagesIn: int
+    messagesOut: int
+
+
+class HeartbeatProtocol(Protocol):
+    """
+    A connection that proves its peer is alive.
+
+    Settings come from, in order: the constructor, the factory's
+    C{heartbeatConfig} and C{clock} attributes, the defaults.  The role is
+    the constructor's C{role}, else L{Role.CLIENT} under a
+    L{ClientFactory} and L{Role.SERVER} under any other factory.
+
+    Override L{handshakeCompleted}, L{messageReceived}, L{pongReceived}
+    and L{connectionClosed}.  If you override C{connectionMade},
+    C{dataReceived} or C{connectionLost}, call this class's version.
+
+    @ivar closeReason: after the connection is gone, why: a
+        L{HeartbeatTimeout}, L{HandshakeTimeout}, L{PeerClosed},
+        L{ClosedLocally} or L{ProtocolViolation} when this library ended it
+        or was told why, else the transport's own reason.
+    """
+
+    log = Logger()
+    closeReason: Failure | None = None
+    core: KeepaliveConnection | None = None
+
+    def __init__(
+        self,
+        config: HeartbeatConfig | None = None,
+        *,
+        role: Role | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self._config = config
+        self._role = role
+        self._clock = clock
+        self._timer: IdleTimer | None = None
+        self._handshakeCall: IDelayedCall | None = None
+        self._closeCall: IDelayedCall | None = None
+        self._reason: Exception | None = None
+        self.peer = "unknown peer"
+
+    # Settings
+
+    @property
+    def config(self) -> HeartbeatConfig:
+        if self._config is None:
+            self._config = getattr(self.factory, "heartbeatConfig", None) or HeartbeatConfig()
+        return self._config
+
+    @property
+    def clock(self) -> IReactorTime:
+        if self._clock is None:
+            self._clock = maybeGlobalReactor(getattr(self.factory, "clock", None))
+        return self._clock
+
+    @property
+    def role(self) -> Role:
+        if self._role is None:
+            if self.factory is None:
+                raise LocalProtocolError("HeartbeatProtocol needs a role or a factory")
+            self._role = Role.CLIENT if isinstance(self.factory, ClientFactory) else Role.SERVER
+        return self._role
+
+    # Twisted's protocol interface
+
+    def connectionMade(self) -> None:
+        config = self.config
+        clock = self.clock
+        self.peer = describePeer(self.transport)
+        now = clock.seconds()
+        self.core = core = KeepaliveConnection(self.role, config, now)
+        if config.tcpKeepalive is not None:
+            sock = findSocket(self.transport)
+            if sock is not None:
+                applyTCPKeepalive(sock, config.tcpKeepalive)
+        self._timer = IdleTimer(clock, core.liveness, self._onTimer)
+        self._handshakeCall = clock.callLater(config.handshakeTimeout, self._handshakeExpired)
+        if core.role is Role.CLIENT:
+            core.initiate(now)
+            self._flush()
+
+    def dataReceived(self, data: bytes) -> None:
+        core = self.core
+        if core is None or core.state is State.CLOSED:
+            return
+        try:
+            events = core.receive(data, self.clock.seconds())
+        except RemoteProtocolError as e:
+            self._flush()  # the CLOSE frame naming the problem
+            self._protocolError(e)
+            return
+        self._flush()
+        for event in events:
+            if core.state is State.CLOSED and type(event) is not CloseReceived:
+                break  # the application closed the connection meanwhile
+            try:
+                if type(event) is bytes:
+                    self.messageReceived(event)
+                else:
+                    self._dispatch(event)
+            except Exception:
+                self.log.failure(
+                    "Application error handling input from {peer}; closing", peer=self.peer
+                )
+                self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                return
+
+    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+        self._cancelTimers()
+        if self.core is not None:
+            self.core.state = State.CLOSED
+        if self._reason is not None:
+            reason = Failure(self._reason)
+        self.closeReason = reason
+        self.connectionClosed(reason)
+
+    # Application hooks
+
+    def handshakeCompleted(self) -> None:
+        """
+        The HELLO exchange is done: L{sendMessage} may be called from now on.
+        """
+
+    def messageReceived(self, message: bytes) -> None:
+        """
+        One application message arrived.
+        """
+
+    def pongReceived(self, rtt: float) -> None:
+        """
+        A PONG arrived; C{rtt} is this round trip in seconds.
+        """
+
+    def connectionClosed(self, reason: Failure) -> None:
+        """
+        The connection is gone; C{reason} is also in L{closeReason}.
+        """
+
+    # Application actions
+
+    @property
+    def isOpen(self) -> bool:
+        return self.core is not None and self.core.state is State.OPEN
+
+    def sendMessage(self, message: bytes) -> None:
+        """
+        Send one application message.
+
+        @raise LocalProtocolError: before the handshake, after close, or when
+            the message exceeds the peer's frame limit.
+        """
+        if self.core is None:
+            raise LocalProtocolError("cannot send: not connected")
+        self.transport.write(self.core.encodeMessage(message, self.clock.seconds()))  # type: ignore[union-attr]
+
+    def close(
+        self,
+        code: int = CloseCode.NORMAL,
+        reason: str = "",
+        retryAfter: float | None = None,
+    ) -> None:
+        """
+        Send CLOSE and disconnect: politely, but an abort follows if the
+        transport has not flushed within C{closeTimeout}.
+        """
+        core = self.core
+        if core is None or core.state is State.CLOSED:
+            return
+        core.close(code, reason, retryAfter, self.clock.seconds())
+        self._flush()
+        self._reason = ClosedLocally(code, reason)
+        self._disconnect()
+
+    def abort(self, reason: Exception) -> None:
+        """
+        Drop the connection at once; L{closeReason} will be C{reason}.
+        """
+        if self.core is not None:
+            self.core.state = State.CLOSED
+        self._reason = reason
+        self._cancelTimers()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    @property
+    def stats(self) -> HeartbeatStats:
+        core = self.core
+        if core is None:
+            raise LocalProtocolError("no connection yet")
+        live = core.liveness
+        rtt = core.rtt
+        return HeartbeatStats(
+            state=core.state.value,
+            interval=live.interval,
+            timeout=live.timeout,
+            srtt=rtt.srtt,
+            rttvar=rtt.rttvar,
+            lastRtt=rtt.last,
+            minRtt=rtt.minimum,
+            connectedAt=core.connectedAt,
+            handshakeAt=core.handshakeAt,
+            lastReceived=live.lastReceived,
+            lastSent=live.lastSent,
+            pingsSent=core.pingsSent,
+            pongsReceived=core.pongsReceived,
+            pingsReceived=core.pingsReceived,
+            framesIn=core.framesIn,
+            framesOut=core.framesOut,
+            bytesIn=core.bytesIn,
+            bytesOut=core.bytesOut,
+            messagesIn=core.messagesIn,
+            messagesOut=core.messagesOut,
+        )
+
+    # Internals
+
+    def _flush(self) -> None:
+        assert self.core is not None
+        data = self.core.dataToSend()
+        if data:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, PongReceived):
+            self.pongReceived(event.rtt)
+        elif isinstance(event, HandshakeCompleted):
+            self._handshakeDone(event)
+        elif isinstance(event, CloseReceived):
+            self._peerClosed(event)
+        elif isinstance(event, PingReceived):
+            self.pingReceived(event.at)
+
+    def pingReceived(self, at: float) -> None:
+        """
+        The peer pinged (the PONG is already sent).  Servers enforce ping
+        rates here.
+        """
+
+    def _handshakeDone(self, event: HandshakeCompleted) -> None:
+        if self._handshakeCall is not None and self._handshakeCall.active():
+            self._handshakeCall.cancel()
+        self._handshakeCall = None
+        assert self._timer is not None
+        self._timer.start()
+        self.log.debug(
+            "Handshake with {peer} done: interval {interval}s, timeout {timeout}s",
+            peer=self.peer,
+            interval=event.interval,
+            timeout=event.timeout,
+        )
+        self.handshakeCompleted()
+
+    def _peerClosed(self, event: CloseReceived) -> None:
+        self._reason = PeerClosed(event.code, event.reason, event.retryAfter)
+        self.log.info(
+            "{peer} closed the connection: {reason}", peer=self.peer, reason=self._reason
+        )
+        self._disconnect()
+
+    def _protocolError(self, error: RemoteProtocolError) -> None:
+        assert self.core is not None
+        self.log.warn(
+            "Protocol error from {peer}: {reason}; closing", peer=self.peer, reason=str(error)
+        )
+        self._reason = ProtocolViolation(error.code, str(error))
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        """
+        Flush and close; abort if that takes longer than C{closeTimeout}
+        (a peer that does not read must not hold the connection open).
+        """
+        if self._timer is not None:
+            self._timer.stop()
+        if self._handshakeCall is not None and self._handshakeCall.active():
+            self._handshakeCall.cancel()
+        self._handshakeCall = None
+        if self._closeCall is None:
+            self._closeCall = self.clock.callLater(self.config.closeTimeout, self._closeExpired)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _closeExpired(self) -> None:
+        self._closeCall = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _handshakeExpired(self) -> None:
+        self._handshakeCall = None
+        self.log.warn(
+            "No handshake from {peer} within {timeout}s; aborting",
+            peer=self.peer,
+            timeout=self.config.handshakeTimeout,
+        )
+        self.abort(HandshakeTimeout(self.config.handshakeTimeout))
+
+    def _onTimer(self, now: float) -> bool:
+        core = self.core
+        assert core is not None
+        if core.state is not State.OPEN:
+            return False
+        verdict = core.tick(now)
+        if verdict is Verdict.PING:
+            self._flush()
+        elif verdict is Verdict.DEAD:
+            silence = core.liveness.silence(now)
+            timeout = core.liveness.timeout
+            assert timeout is not None
+            self.log.warn(
+                "No data from {peer} for {silence:.3f}s (timeout {timeout}s); aborting",
+                peer=self.peer,
+                silence=silence,
+                timeout=timeout,
+            )
+            self.abort(HeartbeatTimeout(silence, timeout))
+            return False
+        return True
+
+    def _cancelTimers(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        for name in ("_handshakeCall", "_closeCall"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
