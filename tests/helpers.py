@@ -4,11 +4,21 @@ Shared test scaffolding.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol, Role
 from twisted_keepalive.testing import MemoryPair
+
+
+def capturingLogger(events: list[dict[str, Any]]) -> Logger:
+    """
+    A Logger that appends its events to C{events}.
+    """
+    return Logger(observer=cast(ILogObserver, events.append))
 
 
 class ClockTestCase(SynchronousTestCase):
@@ -21,6 +31,16 @@ class ClockTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.addCleanup(self.assertNoDelayedCalls)
 
+    def advance(self, seconds: float, step: float = 0.125) -> None:
+        """
+        Move the clock in small steps, as time really passes: one big jump
+        would run a periodic timer once, late, instead of at each period.
+        """
+        while seconds > 1e-12:
+            delta = min(step, seconds)
+            self.clock.advance(delta)
+            seconds -= delta
+
     def assertNoDelayedCalls(self) -> None:
         pending = [c for c in self.clock.getDelayedCalls() if c.active()]
         self.assertEqual(pending, [], "DelayedCalls left behind")
@@ -31,7 +51,7 @@ class Recorder(HeartbeatProtocol):
     A HeartbeatProtocol that records what it is told.
     """
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.messages: list[bytes] = []
         self.rtts: list[float] = []
@@ -47,7 +67,7 @@ class Recorder(HeartbeatProtocol):
     def pongReceived(self, rtt: float) -> None:
         self.rtts.append(rtt)
 
-    def connectionClosed(self, reason) -> None:  # type: ignore[no-untyped-def]
+    def connectionClosed(self, reason) -> None:
         self.closed.append(reason.value)
 
 
@@ -57,8 +77,12 @@ def makePair(
     server: HeartbeatConfig | None = None,
     connect: bool = True,
 ) -> tuple[Recorder, Recorder, MemoryPair]:
-    c = Recorder(client or HeartbeatConfig(interval=1.0, timeout=3.0), role=Role.CLIENT, clock=clock)
-    s = Recorder(server or HeartbeatConfig(interval=5.0, timeout=10.0), role=Role.SERVER, clock=clock)
+    c = Recorder(
+        client or HeartbeatConfig(interval=1.0, timeout=3.0), role=Role.CLIENT, clock=clock
+    )
+    s = Recorder(
+        server or HeartbeatConfig(interval=5.0, timeout=10.0), role=Role.SERVER, clock=clock
+    )
     pair = MemoryPair(c, s, clock)
     if connect:
         pair.connect()

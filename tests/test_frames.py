@@ -15,6 +15,7 @@ from twisted_keepalive.frames import (
     Close,
     Data,
     Extension,
+    Frame,
     FrameDecoder,
     Hello,
     Ping,
@@ -40,7 +41,7 @@ class EncodingTests(SynchronousTestCase):
         self.assertEqual(decodeAll(encodeData(b"")), [Data(b"")])
 
     def test_roundTripEveryType(self) -> None:
-        frames = [
+        frames: list[Frame] = [
             Hello(1, 10.0, 30.0, 1 << 20, "sensor-7", b"secret"),
             Hello(1, 0.25, 0.0, 4096),
             Ping(1, 1_700_000_000_000_000),
@@ -116,7 +117,7 @@ class DecoderTests(SynchronousTestCase):
     def test_byteByByte(self) -> None:
         stream = encodeData(b"abc") + encodeData(b"") + encodeData(b"xyz" * 100)
         decoder = FrameDecoder()
-        out = []
+        out: list[tuple[int, int, bytes]] = []
         for i in range(len(stream)):
             out.extend(decoder.feed(stream[i : i + 1]))
         self.assertEqual([p for _, _, p in out], [b"abc", b"", b"xyz" * 100])
@@ -134,7 +135,7 @@ class DecoderTests(SynchronousTestCase):
         payload = bytes(range(256)) * 1024
         stream = encodeData(payload)
         decoder = FrameDecoder()
-        got = []
+        got: list[tuple[int, int, bytes]] = []
         for i in range(0, len(stream), 1000):
             got.extend(decoder.feed(stream[i : i + 1000]))
             # Until the frame is complete the chunks are only collected.
@@ -167,11 +168,11 @@ frameStrategy = st.one_of(
 class PropertyTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
     @given(st.lists(frameStrategy, max_size=12), st.data())
-    def test_anySplitDecodesTheSame(self, frames: list[object], data: st.DataObject) -> None:
-        stream = b"".join(encodeFrame(f) for f in frames)  # type: ignore[arg-type]
+    def test_anySplitDecodesTheSame(self, frames: list[Frame], data: st.DataObject) -> None:
+        stream = b"".join(encodeFrame(f) for f in frames)
         cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
         decoder = FrameDecoder()
-        got = []
+        got: list[Frame] = []
         previous = 0
         for cut in [*cuts, len(stream)]:
             got.extend(parseFrame(*raw) for raw in decoder.feed(stream[previous:cut]))

@@ -9,9 +9,8 @@ from typing import Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Factory
-from twisted.python.failure import Failure
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_keepalive import (
     CloseCode,
@@ -39,7 +38,7 @@ from twisted_keepalive.frames import (
     parseFrame,
 )
 
-from .helpers import ClockTestCase, Recorder, makePair
+from .helpers import ClockTestCase, Recorder, capturingLogger, makePair
 
 
 class Echo(Recorder):
@@ -54,14 +53,14 @@ def frames(data: bytes) -> list[object]:
 
 class HandshakeTests(ClockTestCase):
     def test_clientSpeaksFirstAndBothOpen(self) -> None:
-        c, s, _ = makePair(self.clock, connect=False)
+        _c, s, _ = makePair(self.clock, connect=False)
         s.makeConnection(StringTransport())
-        self.assertEqual(s.transport.value(), b"")  # type: ignore[union-attr]
+        self.assertEqual(s.transport.value(), b"")
         c2, s2, pair = makePair(self.clock)
         self.assertTrue(c2.isOpen and s2.isOpen)
         self.assertEqual((c2.handshakes, s2.handshakes), (1, 1))
-        self.assertEqual(c2.core.peerHello.maxFrame, 1 << 20)  # type: ignore[union-attr]
-        s.transport.loseConnection()  # type: ignore[union-attr]
+        self.assertEqual(c2.core.peerHello.maxFrame, 1 << 20)
+        s.transport.loseConnection()
         s.connectionLost(Failure(ConnectionDone()))
         pair.clientTransport.loseConnection()
         pair.pump()
@@ -101,7 +100,7 @@ class HandshakeTests(ClockTestCase):
         self.clock.advance(0.001)
         self.assertTrue(transport.disconnected)  # aborted, not closed politely
         s.connectionLost(Failure(ConnectionDone()))
-        self.assertIsInstance(s.closeReason.value, HandshakeTimeout)  # type: ignore[union-attr]
+        self.assertIsInstance(s.closeReason.value, HandshakeTimeout)
 
     def test_handshakeTimeoutClientSide(self) -> None:
         c, _, pair = makePair(self.clock, connect=False)
@@ -117,12 +116,12 @@ class HandshakeTests(ClockTestCase):
             server=HeartbeatConfig(interval=5, timeout=10, token=b"s3cret"),
         )
         self.assertTrue(s.isOpen)
-        self.assertEqual(s.core.peerHello.clientId, "dev-1")  # type: ignore[union-attr]
+        self.assertEqual(s.core.peerHello.clientId, "dev-1")
         c.close()
         pair.pump()
 
     def test_tokenRefused(self) -> None:
-        c, s, pair = makePair(
+        c, s, _pair = makePair(
             self.clock,
             client=HeartbeatConfig(interval=1, timeout=3, token=b"guess"),
             server=HeartbeatConfig(interval=5, timeout=10, token=b"s3cret"),
@@ -144,8 +143,8 @@ class HandshakeTests(ClockTestCase):
     def test_configFromFactory(self) -> None:
         factory = Factory.forProtocol(HeartbeatProtocol)
         config = HeartbeatConfig(interval=2.0, timeout=7.0)
-        factory.heartbeatConfig = config  # type: ignore[attr-defined]
-        factory.clock = self.clock  # type: ignore[attr-defined]
+        factory.heartbeatConfig = config
+        factory.clock = self.clock
         p = factory.buildProtocol(None)
         assert isinstance(p, HeartbeatProtocol)
         self.assertIs(p.config, config)
@@ -187,7 +186,7 @@ class ScheduleTests(ClockTestCase):
     def test_listenerOnlyPeerIsProbed(self) -> None:
         # The client writes all the time to a server that never answers data:
         # it must still ping once per interval to hear proof of life.
-        c, s, pair = makePair(self.clock)
+        c, _s, pair = makePair(self.clock)
         for i in range(40):
             pair.advance(0.125)
             c.sendMessage(b"x%d" % i)
@@ -218,7 +217,7 @@ class ScheduleTests(ClockTestCase):
             calls.append(a)
             return original(*a, **kw)
 
-        self.clock.callLater = counting  # type: ignore[method-assign]
+        self.clock.callLater = counting
         for i in range(1000):
             c.sendMessage(b"%d" % i)
             s.sendMessage(b"%d" % i)
@@ -233,21 +232,21 @@ class ScheduleTests(ClockTestCase):
 
 class DeadPeerTests(ClockTestCase):
     def test_clientDetectsSilentServerAtExactlyTheTimeout(self) -> None:
-        c, s, pair = makePair(self.clock)
+        c, _s, pair = makePair(self.clock)
         pair.serverToClient = False  # the server's answers vanish
         tiny = 2.0**-20  # binary fractions keep the fake clock exact
         pair.advance(3.0 - tiny, step=0.25)
         self.assertTrue(c.isOpen)
         pair.advance(tiny)
         self.assertFalse(c.isOpen)
-        reason = c.closeReason.value  # type: ignore[union-attr]
+        reason = c.closeReason.value
         self.assertIsInstance(reason, HeartbeatTimeout)
         self.assertAlmostEqual(reason.silence, 3.0, places=9)
         self.assertEqual(reason.timeout, 3.0)
         self.assertTrue(pair.clientTransport.disconnected)  # aborted
 
     def test_serverEvictsSilentClientAtExactlyTheTimeout(self) -> None:
-        c, s, pair = makePair(self.clock)
+        c, _s, pair = makePair(self.clock)
         pair.clientToServer = False
         pair.advance(9.999, step=0.5)
         # The client itself is detecting the problem too (no PONGs) and dies first.
@@ -255,7 +254,9 @@ class DeadPeerTests(ClockTestCase):
 
     def test_serverEvictionBound(self) -> None:
         # A server alone with a client that sent HELLO then went silent.
-        s = Recorder(HeartbeatConfig(interval=5.0, timeout=10.0), role=Role.SERVER, clock=self.clock)
+        s = Recorder(
+            HeartbeatConfig(interval=5.0, timeout=10.0), role=Role.SERVER, clock=self.clock
+        )
         transport = StringTransport()
         s.makeConnection(transport)
         self.clock.advance(1.0)
@@ -265,10 +266,10 @@ class DeadPeerTests(ClockTestCase):
         self.clock.advance(0.001)
         self.assertTrue(transport.disconnected)
         s.connectionLost(Failure(ConnectionDone()))
-        self.assertIsInstance(s.closeReason.value, HeartbeatTimeout)  # type: ignore[union-attr]
+        self.assertIsInstance(s.closeReason.value, HeartbeatTimeout)
 
     def test_anyInboundByteCountsAsLife(self) -> None:
-        c, s, pair = makePair(self.clock)
+        c, _s, pair = makePair(self.clock)
         pair.serverToClient = False
         frame = encodeData(b"z" * 100)
         # One byte every 2.9 s is enough to keep the client from declaring death.
@@ -281,7 +282,7 @@ class DeadPeerTests(ClockTestCase):
         pair.pump()
 
     def test_unknownExtensionFrameSkippedButCountsAsLife(self) -> None:
-        c, s, pair = makePair(self.clock)
+        c, _s, pair = makePair(self.clock)
         pair.serverToClient = False
         pair.advance(2.5)
         c.dataReceived(b"\x00\x00\x00\x05\x90\x00abc")
@@ -293,7 +294,7 @@ class DeadPeerTests(ClockTestCase):
 
 class RTTTests(ClockTestCase):
     def test_rttFromPongWithSmoothing(self) -> None:
-        c, s, pair = makePair(self.clock)
+        c, _s, pair = makePair(self.clock)
         self.clock.advance(1.0)  # first ping written at t=1
         self.clock.advance(0.25)  # ... and answered 0.25 s later
         pair.pump()
@@ -315,14 +316,17 @@ class CloseTests(ClockTestCase):
         c, s, pair = makePair(self.clock)
         s.close(CloseCode.GOING_AWAY, "restarting", retryAfter=7.5)
         pair.pump()
-        reason = c.closeReason.value  # type: ignore[union-attr]
+        reason = c.closeReason.value
         self.assertIsInstance(reason, PeerClosed)
         self.assertEqual((reason.code, reason.reason, reason.retryAfter), (1001, "restarting", 7.5))
-        self.assertIsInstance(s.closeReason.value, ClosedLocally)  # type: ignore[union-attr]
+        self.assertIsInstance(s.closeReason.value, ClosedLocally)
 
     def test_closeAbortsIfTheTransportNeverFlushes(self) -> None:
-        c = Recorder(HeartbeatConfig(interval=1, timeout=3, closeTimeout=2.0), role=Role.CLIENT,
-                     clock=self.clock)
+        c = Recorder(
+            HeartbeatConfig(interval=1, timeout=3, closeTimeout=2.0),
+            role=Role.CLIENT,
+            clock=self.clock,
+        )
         transport = StringTransport()
         c.makeConnection(transport)
         c.dataReceived(encodeHello(Hello(1, 1.0, 3.0, 4096)))
@@ -334,7 +338,7 @@ class CloseTests(ClockTestCase):
         c.connectionLost(Failure(ConnectionDone()))
 
     def test_sendBeforeHandshakeAndAfterClose(self) -> None:
-        c, s, pair = makePair(self.clock, connect=False)
+        c, _s, pair = makePair(self.clock, connect=False)
         self.assertRaises(LocalProtocolError, c.sendMessage, b"x")
         pair.connect()
         c.close()
@@ -364,7 +368,7 @@ class CloseTests(ClockTestCase):
         events: list[dict[str, Any]] = []
         c = Broken(HeartbeatConfig(interval=1, timeout=3), role=Role.CLIENT, clock=self.clock)
         s = Recorder(HeartbeatConfig(interval=5, timeout=10), role=Role.SERVER, clock=self.clock)
-        c.log = Logger(observer=events.append)
+        c.log = capturingLogger(events)
         from twisted_keepalive.testing import MemoryPair
 
         pair = MemoryPair(c, s, self.clock).connect()
@@ -384,10 +388,11 @@ class BadInputTests(ClockTestCase):
     """
 
     def feed(self, role: Role, data: bytes, handshake: bool = True) -> tuple[Any, list[Any], bytes]:
-        p = Recorder(HeartbeatConfig(interval=1.0, timeout=3.0, maxFrame=4096), role=role,
-                     clock=self.clock)
+        p = Recorder(
+            HeartbeatConfig(interval=1.0, timeout=3.0, maxFrame=4096), role=role, clock=self.clock
+        )
         events: list[dict[str, Any]] = []
-        p.log = Logger(observer=events.append)
+        p.log = capturingLogger(events)
         transport = StringTransport()
         from twisted.internet.address import IPv4Address
 
@@ -405,25 +410,32 @@ class BadInputTests(ClockTestCase):
         self.assertEqual(warnings[0]["peer"], "127.0.0.1:40404")
         return p, warnings, written
 
-    def assertClosedWith(self, role: Role, data: bytes, code: CloseCode, text: str,
-                         handshake: bool = True) -> None:
+    def assertClosedWith(
+        self, role: Role, data: bytes, code: CloseCode, text: str, handshake: bool = True
+    ) -> None:
         p, warnings, written = self.feed(role, data, handshake)
         sent = frames(written)
         self.assertIsInstance(sent[-1], Close)
-        self.assertEqual(sent[-1].code, code)  # type: ignore[attr-defined]
-        self.assertIn(text, sent[-1].reason)  # type: ignore[attr-defined]
+        self.assertEqual(sent[-1].code, code)
+        self.assertIn(text, sent[-1].reason)
         self.assertIn(text, warnings[0]["reason"])
         reason = p.closeReason.value
         self.assertIsInstance(reason, ProtocolViolation)
         self.assertEqual(reason.code, code)
 
     def test_garbage(self) -> None:
-        self.assertClosedWith(Role.SERVER, b"GET / HTTP/1.1\r\n\r\n", CloseCode.FRAME_TOO_LARGE,
-                              "exceeds the limit", handshake=False)
+        self.assertClosedWith(
+            Role.SERVER,
+            b"GET / HTTP/1.1\r\n\r\n",
+            CloseCode.FRAME_TOO_LARGE,
+            "exceeds the limit",
+            handshake=False,
+        )
 
     def test_badLength(self) -> None:
-        self.assertClosedWith(Role.CLIENT, b"\x00\x00\x00\x00\x00\x00", CloseCode.PROTOCOL_ERROR,
-                              "bad frame length 0")
+        self.assertClosedWith(
+            Role.CLIENT, b"\x00\x00\x00\x00\x00\x00", CloseCode.PROTOCOL_ERROR, "bad frame length 0"
+        )
 
     def test_oversizedFrameRefusedBeforeBuffering(self) -> None:
         p, _, _ = self.feed(Role.CLIENT, struct.pack(">IBB", 4097, 4, 0) + b"x" * 100)
@@ -431,20 +443,40 @@ class BadInputTests(ClockTestCase):
         self.assertEqual(p.closeReason.value.code, CloseCode.FRAME_TOO_LARGE)
 
     def test_bigFrameBeforeHandshake(self) -> None:
-        self.assertClosedWith(Role.SERVER, encodeData(b"x" * 5000), CloseCode.FRAME_TOO_LARGE,
-                              "limit of 4096", handshake=False)
+        self.assertClosedWith(
+            Role.SERVER,
+            encodeData(b"x" * 5000),
+            CloseCode.FRAME_TOO_LARGE,
+            "limit of 4096",
+            handshake=False,
+        )
 
     def test_dataBeforeHello(self) -> None:
-        self.assertClosedWith(Role.SERVER, encodeData(b"hi"), CloseCode.PROTOCOL_ERROR,
-                              "expected HELLO, got DATA", handshake=False)
+        self.assertClosedWith(
+            Role.SERVER,
+            encodeData(b"hi"),
+            CloseCode.PROTOCOL_ERROR,
+            "expected HELLO, got DATA",
+            handshake=False,
+        )
 
     def test_unknownVersion(self) -> None:
-        self.assertClosedWith(Role.SERVER, encodeHello(Hello(0, 1.0, 3.0, 4096)),
-                              CloseCode.UNSUPPORTED_VERSION, "version 0", handshake=False)
+        self.assertClosedWith(
+            Role.SERVER,
+            encodeHello(Hello(0, 1.0, 3.0, 4096)),
+            CloseCode.UNSUPPORTED_VERSION,
+            "version 0",
+            handshake=False,
+        )
 
     def test_serverChoosesVersionClientNeverOffered(self) -> None:
-        self.assertClosedWith(Role.CLIENT, encodeHello(Hello(9, 1.0, 3.0, 4096)),
-                              CloseCode.UNSUPPORTED_VERSION, "version 9", handshake=False)
+        self.assertClosedWith(
+            Role.CLIENT,
+            encodeHello(Hello(9, 1.0, 3.0, 4096)),
+            CloseCode.UNSUPPORTED_VERSION,
+            "version 9",
+            handshake=False,
+        )
 
     def test_newerClientIsNegotiatedDown(self) -> None:
         s = Recorder(HeartbeatConfig(), role=Role.SERVER, clock=self.clock)
@@ -452,17 +484,23 @@ class BadInputTests(ClockTestCase):
         s.makeConnection(transport)
         s.dataReceived(encodeHello(Hello(7, 1.0, 3.0, 4096)))
         reply = frames(transport.value())[0]
-        self.assertEqual(reply.version, 1)  # type: ignore[attr-defined]
+        self.assertEqual(reply.version, 1)
         s.close()
         s.connectionLost(Failure(ConnectionDone()))
 
     def test_zeroInterval(self) -> None:
-        self.assertClosedWith(Role.SERVER, encodeHello(Hello(1, 0.0, 3.0, 4096)),
-                              CloseCode.PROTOCOL_ERROR, "interval", handshake=False)
+        self.assertClosedWith(
+            Role.SERVER,
+            encodeHello(Hello(1, 0.0, 3.0, 4096)),
+            CloseCode.PROTOCOL_ERROR,
+            "interval",
+            handshake=False,
+        )
 
     def test_pongNeverPinged(self) -> None:
-        self.assertClosedWith(Role.CLIENT, encodePong(5, 123), CloseCode.PROTOCOL_ERROR,
-                              "never sent")
+        self.assertClosedWith(
+            Role.CLIENT, encodePong(5, 123), CloseCode.PROTOCOL_ERROR, "never sent"
+        )
 
     def test_pongWrongId(self) -> None:
         p = Recorder(HeartbeatConfig(interval=1.0, timeout=3.0), role=Role.CLIENT, clock=self.clock)
@@ -476,15 +514,20 @@ class BadInputTests(ClockTestCase):
         self.assertIsInstance(p.closeReason, type(None))
         self.assertTrue(transport.disconnecting)
         p.connectionLost(Failure(ConnectionDone()))
-        self.assertIn("oldest outstanding", str(p.closeReason.value))  # type: ignore[union-attr]
+        self.assertIn("oldest outstanding", str(p.closeReason.value))
 
     def test_secondHello(self) -> None:
-        self.assertClosedWith(Role.SERVER, encodeHello(Hello(1, 1.0, 3.0, 4096)),
-                              CloseCode.PROTOCOL_ERROR, "after the handshake")
+        self.assertClosedWith(
+            Role.SERVER,
+            encodeHello(Hello(1, 1.0, 3.0, 4096)),
+            CloseCode.PROTOCOL_ERROR,
+            "after the handshake",
+        )
 
     def test_malformedPing(self) -> None:
-        self.assertClosedWith(Role.SERVER, b"\x00\x00\x00\x04\x02\x00ab",
-                              CloseCode.PROTOCOL_ERROR, "PING payload")
+        self.assertClosedWith(
+            Role.SERVER, b"\x00\x00\x00\x04\x02\x00ab", CloseCode.PROTOCOL_ERROR, "PING payload"
+        )
 
     def test_inputAfterErrorIgnored(self) -> None:
         p, _, _ = self.feed(Role.CLIENT, b"\x00\x00\x00\x00\x00\x00" + encodeData(b"late"))

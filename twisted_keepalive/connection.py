@@ -122,6 +122,10 @@ class KeepaliveConnection:
         self.messagesIn = self.messagesOut = 0
         self.pingsSent = self.pongsReceived = self.pingsReceived = 0
 
+    @property
+    def isClosed(self) -> bool:
+        return self.state is State.CLOSED
+
     # Output
 
     def _emit(self, frame: bytes, now: float) -> None:
@@ -225,7 +229,7 @@ class KeepaliveConnection:
                     events.append(payload)
                     continue
                 self._control(ftype, flags, payload, now, events)
-                if self.state is State.CLOSED:
+                if self.isClosed:
                     break
         except RemoteProtocolError as e:
             self.close(e.code, str(e), None, now)

@@ -165,7 +165,9 @@ def encodeClose(code: int, reason: str = "", retryAfter: float | None = None) ->
     text = reason.encode("utf-8")[:MAX_REASON_BYTES]
     # Cutting UTF-8 may split a character; drop the partial one.
     text = text.decode("utf-8", "ignore").encode("utf-8")
-    hint = NO_RETRY_HINT if retryAfter is None else min(_ms(max(retryAfter, 0.0)), NO_RETRY_HINT - 1)
+    hint = (
+        NO_RETRY_HINT if retryAfter is None else min(_ms(max(retryAfter, 0.0)), NO_RETRY_HINT - 1)
+    )
     return _frame(FrameType.CLOSE, _CLOSE_FIXED.pack(code, hint) + text)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -28,8 +28,8 @@ from .connection import (
     State,
 )
 from .errors import (
-    ClosedLocally,
     CloseCode,
+    ClosedLocally,
     HandshakeTimeout,
     HeartbeatTimeout,
     LocalProtocolError,
@@ -49,7 +49,7 @@ def maybeGlobalReactor(clock: IReactorTime | None) -> IReactorTime:
     if clock is None:
         from twisted.internet import reactor
 
-        return reactor  # type: ignore[return-value]
+        return reactor
     return clock
 
 
@@ -105,7 +105,10 @@ class HeartbeatProtocol(Protocol):
     L{ClientFactory} and L{Role.SERVER} under any other factory.
 
     Override L{handshakeCompleted}, L{messageReceived}, L{pongReceived}
-    and L{connectionClosed}.  If you override C{connectionMade},
+    and L{connectionClosed}.  A factory with C{heartbeatConnectionReady(p)}
+    or C{heartbeatConnectionLost(p, reason)} methods is told of both events
+    (with the translated reason), whether it connected through a connector
+    or an endpoint.  If you override C{connectionMade},
     C{dataReceived} or C{connectionLost}, call this class's version.
 
     @ivar closeReason: after the connection is gone, why: a
@@ -186,7 +189,7 @@ class HeartbeatProtocol(Protocol):
             return
         self._flush()
         for event in events:
-            if core.state is State.CLOSED and type(event) is not CloseReceived:
+            if core.isClosed and type(event) is not CloseReceived:
                 break  # the application closed the connection meanwhile
             try:
                 if type(event) is bytes:
@@ -200,7 +203,7 @@ class HeartbeatProtocol(Protocol):
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return
 
-    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelTimers()
         if self.core is not None:
             self.core.state = State.CLOSED
@@ -208,6 +211,9 @@ class HeartbeatProtocol(Protocol):
             reason = Failure(self._reason)
         self.closeReason = reason
         self.connectionClosed(reason)
+        notify = getattr(self.factory, "heartbeatConnectionLost", None)
+        if notify is not None:
+            notify(self, reason)
 
     # Application hooks
 
@@ -342,13 +348,16 @@ class HeartbeatProtocol(Protocol):
             interval=event.interval,
             timeout=event.timeout,
         )
+        # The factory first: it flushes messages queued while disconnected,
+        # so they go out before anything the application sends now.
+        notify = getattr(self.factory, "heartbeatConnectionReady", None)
+        if notify is not None:
+            notify(self)
         self.handshakeCompleted()
 
     def _peerClosed(self, event: CloseReceived) -> None:
         self._reason = PeerClosed(event.code, event.reason, event.retryAfter)
-        self.log.info(
-            "{peer} closed the connection: {reason}", peer=self.peer, reason=self._reason
-        )
+        self.log.info("{peer} closed the connection: {reason}", peer=self.peer, reason=self._reason)
         self._disconnect()
 
     def _protocolError(self, error: RemoteProtocolError) -> None:

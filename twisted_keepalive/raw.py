@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -138,7 +138,7 @@ class RawHeartbeatProtocol(Protocol):
             self._window = window
         self.rawDataReceived(data)
 
-    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None:
             self._timer.stop()
         if self._reason is not None:

@@ -52,7 +52,9 @@ class TCPKeepalive:
         try:
             idle, interval, count = (int(p) for p in parts)
         except ValueError:
-            raise ValueError(f"expected three whole numbers IDLE,INTERVAL,COUNT, got {text!r}") from None
+            raise ValueError(
+                f"expected three whole numbers IDLE,INTERVAL,COUNT, got {text!r}"
+            ) from None
         return cls(idle, interval, count)
 
 

@@ -1,0 +1,77 @@
+"""
+Real sockets on 127.0.0.1, driven by the real reactor (pytest-twisted).
+
+These are plain functions: pytest runs them; trial, which only collects
+TestCase classes, skips this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.task import deferLater
+
+from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol, HeartbeatTimeout, Role
+from twisted_keepalive.testing import FaultProxy
+
+
+class Watched(HeartbeatProtocol):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.ready: Deferred[None] = Deferred()
+        self.gone: Deferred[Any] = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        self.ready.callback(None)
+
+    def connectionClosed(self, reason: Any) -> None:
+        self.gone.callback(reason.value)
+
+
+@pytest_twisted.inlineCallbacks
+def test_silentPeerDetectedWithinBound() -> Any:
+    servers: list[Watched] = []
+
+    class Factory(ServerFactory):
+        heartbeatConfig = HeartbeatConfig(interval=1.0, timeout=2.0)
+
+        def buildProtocol(self, addr: Any) -> Watched:
+            p = Watched(role=Role.SERVER)
+            p.factory = self
+            servers.append(p)
+            return p
+
+    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    proxy = FaultProxy("127.0.0.1", port.getHost().port)
+    try:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.listen())
+        interval, timeout = 0.1, 0.5
+        client = Watched(HeartbeatConfig(interval=interval, timeout=timeout), role=Role.CLIENT)
+        yield connectProtocol(endpoint, client)
+        yield client.ready
+        yield deferLater(reactor, 0.35, lambda: None)
+        assert client.stats.pongsReceived >= 2
+        assert client.stats.srtt is not None and client.stats.srtt < timeout
+
+        proxy.propagateClose = False  # the server must find out on its own
+        proxy.blackhole()  # packets vanish both ways; no FIN, no RST
+        cut = reactor.seconds()
+        reason = yield client.gone
+        detected = reactor.seconds() - cut
+        assert isinstance(reason, HeartbeatTimeout)
+        # Dead exactly `timeout` after the last inbound byte, which came at or
+        # before the cut; allow for the reactor's scheduling.
+        assert reason.silence >= timeout
+        assert detected <= timeout + 0.25, detected
+        # The server, hearing nothing through the blackhole, evicts too.
+        evicted = yield servers[0].gone
+        assert isinstance(evicted, HeartbeatTimeout)
+    finally:
+        yield proxy.stop()
+        yield port.stopListening()
+    assert [c for c in reactor.getDelayedCalls() if "IdleTimer" in repr(c)] == []

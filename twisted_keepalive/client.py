@@ -1,0 +1,513 @@
+"""
+L{KeepaliveClientFactory}: a drop-in L{ReconnectingClientFactory} that
+heartbeats, backs off with jitter, resets only after a connection proved
+stable, times out connects, fails over across servers, and queues messages
+while disconnected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.interfaces import (
+    IConnector,
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import ReconnectingClientFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .backoff import RetryPolicy, backoffPolicy
+from .config import HeartbeatConfig
+from .errors import CloseCode, HeartbeatTimeout, KeepaliveError, LocalProtocolError, PeerClosed
+from .heartbeat import HeartbeatProtocol, maybeGlobalReactor
+
+
+class ClientState(Enum):
+    IDLE = "idle"  # not started
+    CONNECTING = "connecting"
+    CONNECTED = "connected"  # handshake complete
+    WAITING = "waiting"  # a retry is scheduled
+    STOPPED = "stopped"
+
+
+class Overflow(Enum):
+    """
+    What L{KeepaliveClientFactory.sendMessage} does when the queue is full.
+    """
+
+    RAISE = "raise"
+    DROP_OLDEST = "drop-oldest"
+    DROP_NEWEST = "drop-newest"
+
+
+class QueueFull(LocalProtocolError):
+    """
+    The send queue is full and the overflow policy is L{Overflow.RAISE}.
+    """
+
+
+class ConnectTimeout(error.TimeoutError):
+    """
+    A connection attempt took longer than the connect timeout.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(string=message)  # type: ignore[no-untyped-call]
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "connect timeout"
+
+
+class GaveUp(KeepaliveError):
+    """
+    The factory stopped retrying after C{maxRetries} consecutive failures.
+    """
+
+
+class ServerList:
+    """
+    Servers to connect to, each an endpoint with a label for status and logs.
+
+    Entries may be C{"host:port"}, C{"[v6addr]:port"}, an endpoint string
+    (C{"tcp:..."}, C{"tls:..."}, C{"unix:..."}), a C{(host, port)} pair, or
+    an L{IStreamClientEndpoint}.
+    """
+
+    PREFIXES = ("tcp:", "tcp6:", "tls:", "ssl:", "unix:", "tor:")
+
+    def __init__(self, reactor: Any, servers: Sequence[Any], connectTimeout: float) -> None:
+        if not servers:
+            raise ValueError("at least one server is needed")
+        self.entries: list[tuple[str, IStreamClientEndpoint]] = [
+            self._parse(reactor, s, connectTimeout) for s in servers
+        ]
+
+    @classmethod
+    def _parse(
+        cls, reactor: Any, server: Any, connectTimeout: float
+    ) -> tuple[str, IStreamClientEndpoint]:
+        if IStreamClientEndpoint.providedBy(server):
+            return repr(server), server
+        if isinstance(server, tuple):
+            host, port = server
+            return cls._hostPort(reactor, str(host), int(port), connectTimeout)
+        if not isinstance(server, str):
+            raise ValueError(f"cannot use {server!r} as a server")
+        if server.startswith(cls.PREFIXES):
+            return server, clientFromString(reactor, server)
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"server {server!r} is not HOST:PORT or an endpoint string")
+        return cls._hostPort(reactor, host.strip("[]"), int(port), connectTimeout)
+
+    @staticmethod
+    def _hostPort(
+        reactor: Any, host: str, port: int, connectTimeout: float
+    ) -> tuple[str, IStreamClientEndpoint]:
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is out of range")
+        label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return label, HostnameEndpoint(reactor, host, port, timeout=connectTimeout)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+StateObserver = Callable[[ClientState, ClientState], None]
+
+
+class KeepaliveClientFactory(ReconnectingClientFactory):
+    """
+    Use it as the stock class, C{reactor.connectTCP(host, port, factory)},
+    or give it C{servers} and call L{connect} for endpoints and failover.
+
+    Reconnection rules:
+     - after a failed attempt or a lost connection the next server is
+       tried at once; once every server of the list has failed in a row
+       (one pass), the factory waits C{retryPolicy(n)}, where C{n} counts
+       consecutive failed passes from 0, then starts the next pass;
+     - C{n} goes back to 0 only when a connection has completed the
+       handshake and stayed up for C{stableAfter} seconds, so a server that
+       accepts and drops at once, or a peer lost to a heartbeat timeout,
+       meets a growing delay and never a tight loop;
+     - a server's CLOSE with a retry-after hint is honoured: no reconnect
+       before the hint; a hint of 0 means "go elsewhere now";
+     - after C{maxRetries} consecutive failed passes the factory stops, says
+       so in the log, and fails L{whenConnected} waiters with L{GaveUp}.
+
+    @ivar state: the current L{ClientState}.
+    @ivar attempts: connection attempts made.
+    @ivar reconnects: successful handshakes after the first.
+    @ivar heartbeatTimeouts: connections lost because the server went silent.
+    @ivar failures: consecutive failed passes (the backoff's C{n} + 1).
+    @ivar currentServer: label of the server connected to or last tried.
+    @ivar connected: the L{HeartbeatProtocol} of the live connection, or None.
+    @ivar dropped: messages dropped by the overflow policy.
+    """
+
+    protocol = HeartbeatProtocol
+    noisy = False
+    log = Logger()
+
+    def __init__(
+        self,
+        heartbeatConfig: HeartbeatConfig | None = None,
+        *,
+        retryPolicy: RetryPolicy | None = None,
+        servers: Sequence[Any] = (),
+        failover: str = "order",
+        stableAfter: float = 10.0,
+        connectTimeout: float = 10.0,
+        maxRetries: int | None = None,
+        queueSize: int = 1000,
+        overflow: Overflow = Overflow.RAISE,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if failover not in ("order", "round-robin"):
+            raise ValueError(f"failover must be 'order' or 'round-robin', not {failover!r}")
+        if not connectTimeout > 0:
+            raise ValueError(f"connect timeout must be positive, not {connectTimeout!r}")
+        if not stableAfter >= 0:
+            raise ValueError(f"stableAfter must be >= 0, not {stableAfter!r}")
+        if maxRetries is not None and maxRetries < 0:
+            raise ValueError(f"maxRetries must be >= 0, not {maxRetries!r}")
+        if queueSize < 0:
+            raise ValueError(f"queue size must be >= 0, not {queueSize!r}")
+        self.heartbeatConfig = heartbeatConfig or HeartbeatConfig()
+        self.retryPolicy = retryPolicy or backoffPolicy()
+        self.failover = failover
+        self.stableAfter = stableAfter
+        self.connectTimeout = connectTimeout
+        self.maxRetries = maxRetries  # type: ignore[assignment]
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor  # type: ignore[assignment]
+        self.servers = ServerList(self._reactor, servers, connectTimeout) if servers else None
+        self.queue: deque[bytes] = deque()
+        self.queueSize = queueSize
+        self.overflow = overflow
+        self.state = ClientState.IDLE
+        self.attempts = 0
+        self.reconnects = 0
+        self.heartbeatTimeouts = 0
+        self.failures = 0
+        self.dropped = 0
+        self.currentServer: str | None = None
+        self.connected: HeartbeatProtocol | None = None
+        self.connectedSince: float | None = None
+        self.lastDelay: float | None = None
+        self._handshakes = 0
+        self._observers: list[StateObserver] = []
+        self._waiters: list[tuple[Deferred[HeartbeatProtocol], int | None]] = []
+        self._retryCall: IDelayedCall | None = None
+        self._stableCall: IDelayedCall | None = None
+        self._connectTimer: IDelayedCall | None = None
+        self._attempt: Deferred[Any] | None = None
+        self._pass: list[int] = []
+        self._lastIndex = -1
+        self._retryAfter: float | None = None
+        self._lostUnstable = False
+
+    # Plumbing
+
+    @property
+    def _reactor(self) -> Any:
+        return maybeGlobalReactor(self.reactor)
+
+    @property
+    def _clock(self) -> IReactorTime:
+        return maybeGlobalReactor(self.clock)
+
+    def _setState(self, new: ClientState) -> None:
+        old, self.state = self.state, new
+        if old is not new:
+            for observer in list(self._observers):
+                observer(old, new)
+
+    def addStateObserver(self, observer: StateObserver) -> None:
+        """
+        Call C{observer(old, new)} on every state change.
+        """
+        self._observers.append(observer)
+
+    def removeStateObserver(self, observer: StateObserver) -> None:
+        self._observers.remove(observer)
+
+    # Endpoint mode
+
+    def connect(self) -> None:
+        """
+        Start connecting to C{servers} (endpoint mode).
+        """
+        if self.servers is None:
+            raise LocalProtocolError("no servers given: use reactor.connectTCP, or pass servers=")
+        self.continueTrying = True
+        self.doStart()  # type: ignore[no-untyped-call]
+        self._startPass()
+
+    def _startPass(self) -> None:
+        assert self.servers is not None
+        count = len(self.servers)
+        first = 0 if self.failover == "order" else (self._lastIndex + 1) % count
+        self._pass = [(first + i) % count for i in range(count)]
+        self._connectNext()
+
+    def _connectNext(self) -> None:
+        assert self.servers is not None
+        index = self._pass.pop(0)
+        self._lastIndex = index
+        label, endpoint = self.servers.entries[index]
+        self.currentServer = label
+        self.attempts += 1
+        self._setState(ClientState.CONNECTING)
+        attempt = endpoint.connect(self)
+        self._attempt = attempt
+        self._connectTimer = self._clock.callLater(self.connectTimeout, attempt.cancel)
+
+        def finished(result: object) -> None:
+            if self._attempt is attempt:
+                self._attempt = None
+                self._cancel("_connectTimer")
+            if isinstance(result, Failure):
+                if result.check(CancelledError, error.ConnectingCancelledError):
+                    if not self.continueTrying:
+                        return  # stopTrying cancelled it
+                    result = Failure(
+                        ConnectTimeout(f"no connection within {self.connectTimeout:g}s")
+                    )
+                self._connectionFailed(result)
+
+        attempt.addBoth(finished)
+
+    # Connector mode (the stock ReconnectingClientFactory interface)
+
+    def startedConnecting(self, connector: IConnector) -> None:
+        self.attempts += 1
+        self.connector = connector
+        destination = connector.getDestination()
+        host, port = getattr(destination, "host", None), getattr(destination, "port", None)
+        self.currentServer = f"{host}:{port}" if host is not None else str(destination)
+        self._setState(ClientState.CONNECTING)
+        self._cancel("_connectTimer")
+        self._connectTimer = self._clock.callLater(
+            self.connectTimeout, self._connectorTimedOut, connector
+        )
+
+    def _connectorTimedOut(self, connector: IConnector) -> None:
+        self._connectTimer = None
+        transport = getattr(connector, "transport", None)
+        failIfNotConnected = getattr(transport, "failIfNotConnected", None)
+        if failIfNotConnected is not None:
+            failIfNotConnected(ConnectTimeout(f"no connection within {self.connectTimeout:g}s"))
+        else:
+            connector.stopConnecting()
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self.connector = connector
+        self._connectionFailed(reason)
+
+    def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
+        # heartbeatConnectionLost already did the bookkeeping; only retry.
+        self.connector = connector
+        self._scheduleRetry()
+
+    def retry(self, connector: IConnector | None = None) -> None:
+        """
+        Reconnect now (the stock API; the factory's own retries use the
+        policy and call this when the delay is over).
+        """
+        self._retryCall = None
+        if not self.continueTrying:
+            return
+        if self.servers is not None:
+            self._startPass()
+            return
+        connector = connector or self.connector
+        if connector is None:
+            raise ValueError("no connector to retry")
+        connector.connect()
+
+    # Protocol events
+
+    def buildProtocol(self, addr: Any) -> HeartbeatProtocol:
+        self._cancel("_connectTimer")
+        p = self.protocol()
+        p.factory = self
+        return p
+
+    def heartbeatConnectionReady(self, protocol: HeartbeatProtocol) -> None:
+        self.connected = protocol
+        self.connectedSince = self._clock.seconds()
+        self._handshakes += 1
+        if self._handshakes > 1:
+            self.reconnects += 1
+        self._stableCall = self._clock.callLater(self.stableAfter, self._stable)
+        self.log.info(
+            "Connected to {server} (attempt {attempts})",
+            server=self.currentServer,
+            attempts=self.attempts,
+        )
+        while self.queue and protocol.isOpen:
+            protocol.sendMessage(self.queue.popleft())
+        self._setState(ClientState.CONNECTED)
+        for d, _ in self._popWaiters(lambda limit: True):
+            d.callback(protocol)
+
+    def _stable(self) -> None:
+        self._stableCall = None
+        self.failures = 0
+        self.resetDelay()  # type: ignore[no-untyped-call]
+
+    def heartbeatConnectionLost(self, protocol: HeartbeatProtocol, reason: Failure) -> None:
+        wasReady = protocol is self.connected
+        self.connected = None
+        self.connectedSince = None
+        stable = wasReady and self._stableCall is None
+        self._cancel("_stableCall")
+        if reason.check(HeartbeatTimeout):
+            self.heartbeatTimeouts += 1
+        self._retryAfter = None
+        if isinstance(reason.value, PeerClosed):
+            self._retryAfter = reason.value.retryAfter
+        self.log.info(
+            "Lost connection to {server}: {reason}", server=self.currentServer, reason=reason.value
+        )
+        self._lostUnstable = not stable
+        if stable:
+            self._pass = []  # a fresh pass after a stable connection
+        if self.servers is not None:
+            self._scheduleRetry()
+
+    def _connectionFailed(self, reason: Failure) -> None:
+        self._cancel("_connectTimer")
+        self.log.info(
+            "Cannot connect to {server}: {reason}",
+            server=self.currentServer,
+            reason=reason.getErrorMessage(),
+        )
+        self._lostUnstable = True
+        self._retryAfter = None
+        self._scheduleRetry()
+
+    def _scheduleRetry(self) -> None:
+        if not self.continueTrying:
+            self._setState(ClientState.STOPPED)
+            return
+        hint, self._retryAfter = self._retryAfter, None
+        if self.servers is not None and self._pass and (hint is None or hint == 0):
+            # More servers to try in this pass: go on at once.
+            self._setState(ClientState.WAITING)
+            self._retryCall = self._clock.callLater(0, self._connectNext)
+            return
+        if self._lostUnstable:
+            self.failures += 1
+            self.retries = self.failures
+            for d, _ in self._popWaiters(
+                lambda limit: limit is not None and self.failures >= limit
+            ):
+                d.errback(Failure(GaveUp(f"{self.failures} consecutive failures")))
+        if self.maxRetries is not None and self.failures > self.maxRetries:
+            message = f"gave up after {self.failures} consecutive failures"
+            self.log.warn(
+                "Giving up on {server}: {message}", server=self.currentServer, message=message
+            )
+            for d, _ in self._popWaiters(lambda limit: True):
+                d.errback(Failure(GaveUp(message)))
+            self.stopTrying()
+            return
+        delay = self.retryPolicy(self.failures - 1) if self.failures else 0.0
+        if hint is not None:
+            delay = hint if self.failures <= 1 else max(hint, delay)
+        self.lastDelay = delay
+        self._setState(ClientState.WAITING)
+        self.log.info("Reconnecting in {delay:.2f}s", delay=delay)
+        self._retryCall = self._clock.callLater(delay, self.retry)
+
+    # Application API
+
+    def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[HeartbeatProtocol]:
+        """
+        A Deferred that fires with the protocol once a connection has
+        completed its handshake (at once if one is up).  With
+        C{failAfterFailures}, it fails with L{GaveUp} once that many
+        consecutive failed passes have happened; it fails with
+        L{CancelledError} if the factory is stopped first.
+        """
+        if self.state is ClientState.CONNECTED and self.connected is not None:
+            return succeed(self.connected)
+        if self.state is ClientState.STOPPED:
+            return fail(CancelledError("the factory is stopped"))
+        d: Deferred[HeartbeatProtocol] = Deferred()
+        limit = None if failAfterFailures is None else self.failures + failAfterFailures
+        self._waiters.append((d, limit))
+        return d
+
+    def _popWaiters(
+        self, which: Callable[[int | None], bool]
+    ) -> list[tuple[Deferred[HeartbeatProtocol], int | None]]:
+        chosen = [w for w in self._waiters if which(w[1])]
+        self._waiters = [w for w in self._waiters if not which(w[1])]
+        return chosen
+
+    def sendMessage(self, message: bytes) -> None:
+        """
+        Send now if connected, else queue until the next handshake.
+
+        Delivery is at most once: a message written to a connection that
+        then dies may be lost with it.
+
+        @raise QueueFull: the queue is full and C{overflow} is RAISE.
+        """
+        protocol = self.connected
+        if protocol is not None and protocol.isOpen:
+            protocol.sendMessage(message)
+            return
+        if len(self.queue) >= self.queueSize:
+            if self.overflow is Overflow.RAISE:
+                raise QueueFull(f"send queue is full ({self.queueSize} messages)")
+            self.dropped += 1
+            if self.overflow is Overflow.DROP_NEWEST:
+                return
+            if self.queue:
+                self.queue.popleft()
+            else:
+                return
+        self.queue.append(message)
+
+    def stopTrying(self) -> None:
+        """
+        Stop for good, in any state: cancel a pending retry or attempt and
+        close a live connection with CLOSE NORMAL.
+        """
+        self.continueTrying = False
+        self._cancel("_retryCall")
+        self._cancel("_connectTimer")
+        self._cancel("_stableCall")
+        if self._attempt is not None:
+            attempt, self._attempt = self._attempt, None
+            attempt.cancel()
+        if self.connector is not None:
+            with contextlib.suppress(error.NotConnectingError):
+                self.connector.stopConnecting()
+        if self.connected is not None:
+            self.connected.close(CloseCode.NORMAL, "client stopping")
+        self._setState(ClientState.STOPPED)
+        for d, _ in self._popWaiters(lambda limit: True):
+            d.errback(Failure(CancelledError("the factory was stopped")))
+
+    def _cancel(self, name: str) -> None:
+        call = getattr(self, name)
+        if call is not None:
+            if call.active():
+                call.cancel()
+            setattr(self, name, None)
