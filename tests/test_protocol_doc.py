@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_keepalive.frames import (
     Close,
+    Frame,
     FrameDecoder,
     Hello,
     Ping,
@@ -22,7 +23,7 @@ from twisted_keepalive.frames import Data as DataFrame
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
-EXPECTED = [
+EXPECTED: list[Frame] = [
     Hello(1, 10.0, 30.0, 1 << 20, "sensor-7", b"s3cret"),
     Hello(1, 10.0, 45.0, 1 << 20),
     Ping(1, 1700000000123456),
@@ -37,7 +38,7 @@ class SpecExampleTests(SynchronousTestCase):
     def test_examplesDecodeAndReencode(self) -> None:
         blocks = re.findall(r"```hex\n(.*?)\n```", SPEC.read_text(), re.S)
         self.assertEqual(len(blocks), len(EXPECTED))
-        for block, expected in zip(blocks, EXPECTED):
+        for block, expected in zip(blocks, EXPECTED, strict=True):
             raw = bytes.fromhex(block)
             frames = [parseFrame(*f) for f in FrameDecoder().feed(raw)]
             self.assertEqual(frames, [expected])

@@ -2,8 +2,9 @@
 Retry policies: plain callables C{attempt -> seconds}, as
 L{twisted.application.internet.ClientService} takes for C{retryPolicy}.
 
-C{attempt} counts from 0: the first retry after a failure waits
-C{policy(0)}, which is C{initialDelay} (before jitter).  The result never
+C{attempt} is the number of consecutive failures so far, counting from 1
+as C{ClientService} does: the first retry waits C{policy(1)}, which is
+C{initialDelay} before jitter (0 is treated as 1).  The result never
 exceeds C{maxDelay}, jitter included.  The random source is injected so that
 tests (and simulations of a fleet) are exact.
 """
@@ -32,7 +33,7 @@ def backoffPolicy(
     """
     Build a retry policy.
 
-    Growth of the base delay C{v(n)} for attempt C{n}:
+    Growth of the base delay C{v(n)}, with C{n = attempt - 1}:
      - C{fixed}: C{initialDelay};
      - C{linear}: C{initialDelay * (n + 1)};
      - C{exponential}: C{initialDelay * factor ** n};
@@ -42,7 +43,7 @@ def backoffPolicy(
      - C{full}: uniform in C{[0, v]} (spreads a herd best);
      - C{equal}: C{v / 2} plus uniform in C{[0, v / 2]};
      - C{decorrelated}: uniform in C{[initialDelay, 3 * previous]}, capped
-       (ignores C{growth}; restarts at C{initialDelay} when C{n} is 0);
+       (ignores C{growth}; restarts from C{initialDelay} at attempt 1);
      - C{proportional}: C{v * (1 + u)} with C{u} uniform in
        C{[-spread, +spread]} (gRPC's +-20 %).
 
@@ -81,14 +82,15 @@ def backoffPolicy(
         nonlocal previous
         if attempt < 0:
             raise ValueError(f"attempt must be >= 0, not {attempt}")
+        n = max(attempt, 1) - 1
         if jitter == "decorrelated":
-            if attempt == 0:
+            if n == 0:
                 previous = initialDelay
             upper = max(initialDelay, previous * 3)
             delay = initialDelay + random() * (upper - initialDelay)
             previous = min(maxDelay, delay)
             return previous
-        value = base(attempt)
+        value = base(n)
         if jitter == "full":
             delay = random() * value
         elif jitter == "equal":

@@ -8,6 +8,7 @@ while disconnected.
 from __future__ import annotations
 
 import contextlib
+import random as _random
 from collections import deque
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -132,10 +133,14 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
     or give it C{servers} and call L{connect} for endpoints and failover.
 
     Reconnection rules:
-     - after a failed attempt or a lost connection the next server is
-       tried at once; once every server of the list has failed in a row
-       (one pass), the factory waits C{retryPolicy(n)}, where C{n} counts
-       consecutive failed passes from 0, then starts the next pass;
+     - a pass tries the servers in turn, from the first (C{failover="order"})
+       or from the one after the last used (C{"round-robin"}); after a
+       failed attempt the next server is tried at once;
+     - when a pass has failed, or a connection is lost, the factory waits
+       C{retryPolicy(n)}, with C{n} the count of consecutive failures from
+       1 (so the first retry waits the initial delay, jittered: a fleet
+       that loses its server does not stampede the next one), then starts
+       a new pass;
      - C{n} goes back to 0 only when a connection has completed the
        handshake and stayed up for C{stableAfter} seconds, so a server that
        accepts and drops at once, or a peer lost to a heartbeat timeout,
@@ -159,11 +164,19 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
     noisy = False
     log = Logger()
 
+    # The stock attributes, with saner defaults (stock: 3600 s and e).  Read
+    # at every retry, so a subclass or a later assignment takes effect at
+    # once (twisted#5103).  Ignored when a retryPolicy is given.
+    initialDelay = 1.0
+    maxDelay = 60.0  # type: ignore[assignment]
+    factor = 2.0
+    jitter = "full"  # type: ignore[assignment]
+
     def __init__(
         self,
         heartbeatConfig: HeartbeatConfig | None = None,
         *,
-        retryPolicy: RetryPolicy | None = None,
+        retryPolicy: RetryPolicy | None = None,  # default: see delayFor
         servers: Sequence[Any] = (),
         failover: str = "order",
         stableAfter: float = 10.0,
@@ -173,6 +186,7 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         overflow: Overflow = Overflow.RAISE,
         reactor: Any = None,
         clock: IReactorTime | None = None,
+        random: Callable[[], float] = _random.random,
     ) -> None:
         if failover not in ("order", "round-robin"):
             raise ValueError(f"failover must be 'order' or 'round-robin', not {failover!r}")
@@ -185,7 +199,9 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         if queueSize < 0:
             raise ValueError(f"queue size must be >= 0, not {queueSize!r}")
         self.heartbeatConfig = heartbeatConfig or HeartbeatConfig()
-        self.retryPolicy = retryPolicy or backoffPolicy()
+        self.retryPolicy = retryPolicy
+        self.random = random
+        self._derived: tuple[tuple[Any, ...], RetryPolicy] | None = None
         self.failover = failover
         self.stableAfter = stableAfter
         self.connectTimeout = connectTimeout
@@ -216,9 +232,30 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self._pass: list[int] = []
         self._lastIndex = -1
         self._retryAfter: float | None = None
-        self._lostUnstable = False
 
     # Plumbing
+
+    def delayFor(self, attempt: int) -> float:
+        """
+        The backoff after C{attempt} consecutive failures (from 1):
+        C{retryPolicy}, or a
+        policy built from C{initialDelay}, C{maxDelay}, C{factor} and
+        C{jitter} as they are now.
+        """
+        if self.retryPolicy is not None:
+            return self.retryPolicy(attempt)
+        key = (self.initialDelay, self.maxDelay, self.factor, self.jitter)
+        if self._derived is None or self._derived[0] != key:
+            policy = backoffPolicy(
+                "exponential",
+                self.initialDelay,
+                self.maxDelay,
+                self.factor,
+                str(self.jitter),
+                random=self.random,
+            )
+            self._derived = (key, policy)
+        return self._derived[1](attempt)
 
     @property
     def _reactor(self) -> Any:
@@ -369,10 +406,8 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self.resetDelay()  # type: ignore[no-untyped-call]
 
     def heartbeatConnectionLost(self, protocol: HeartbeatProtocol, reason: Failure) -> None:
-        wasReady = protocol is self.connected
         self.connected = None
         self.connectedSince = None
-        stable = wasReady and self._stableCall is None
         self._cancel("_stableCall")
         if reason.check(HeartbeatTimeout):
             self.heartbeatTimeouts += 1
@@ -382,9 +417,11 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self.log.info(
             "Lost connection to {server}: {reason}", server=self.currentServer, reason=reason.value
         )
-        self._lostUnstable = not stable
-        if stable:
-            self._pass = []  # a fresh pass after a stable connection
+        self._pass = []
+        if self._retryAfter == 0 and self.servers is not None:
+            # "Go elsewhere now": the other servers, at once.
+            count = len(self.servers)
+            self._pass = [(self._lastIndex + i) % count for i in range(1, count)]
         if self.servers is not None:
             self._scheduleRetry()
 
@@ -395,7 +432,6 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             server=self.currentServer,
             reason=reason.getErrorMessage(),
         )
-        self._lostUnstable = True
         self._retryAfter = None
         self._scheduleRetry()
 
@@ -404,18 +440,15 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             self._setState(ClientState.STOPPED)
             return
         hint, self._retryAfter = self._retryAfter, None
-        if self.servers is not None and self._pass and (hint is None or hint == 0):
-            # More servers to try in this pass: go on at once.
-            self._setState(ClientState.WAITING)
-            self._retryCall = self._clock.callLater(0, self._connectNext)
+        if self.servers is not None and self._pass:
+            # More servers to try in this pass: go on at once (the recursion
+            # is bounded by the length of the list).
+            self._connectNext()
             return
-        if self._lostUnstable:
-            self.failures += 1
-            self.retries = self.failures
-            for d, _ in self._popWaiters(
-                lambda limit: limit is not None and self.failures >= limit
-            ):
-                d.errback(Failure(GaveUp(f"{self.failures} consecutive failures")))
+        self.failures += 1
+        self.retries = self.failures
+        for d, _ in self._popWaiters(lambda limit: limit is not None and self.failures >= limit):
+            d.errback(Failure(GaveUp(f"{self.failures} consecutive failures")))
         if self.maxRetries is not None and self.failures > self.maxRetries:
             message = f"gave up after {self.failures} consecutive failures"
             self.log.warn(
@@ -425,7 +458,7 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
                 d.errback(Failure(GaveUp(message)))
             self.stopTrying()
             return
-        delay = self.retryPolicy(self.failures - 1) if self.failures else 0.0
+        delay = self.delayFor(self.failures)
         if hint is not None:
             delay = hint if self.failures <= 1 else max(hint, delay)
         self.lastDelay = delay

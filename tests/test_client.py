@@ -1,0 +1,450 @@
+"""
+KeepaliveClientFactory on a fake clock: backoff, stable reset, connect
+timeout, failover, CLOSE hints, whenConnected, state, stopTrying, queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import ReconnectingClientFactory
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_keepalive import CloseCode, HeartbeatConfig, HeartbeatTimeout, Role
+from twisted_keepalive.backoff import backoffPolicy
+from twisted_keepalive.client import (
+    ClientState,
+    GaveUp,
+    KeepaliveClientFactory,
+    Overflow,
+    QueueFull,
+    ServerList,
+)
+from twisted_keepalive.testing import MemoryPair
+
+from .helpers import ClockTestCase, Recorder
+
+CLIENT = HeartbeatConfig(interval=1.0, timeout=3.0)
+SERVER = HeartbeatConfig(interval=5.0, timeout=10.0)
+
+
+@implementer(IStreamClientEndpoint)
+class FakeServer:
+    """
+    An IStreamClientEndpoint whose answer the test chooses: accept (joined
+    in memory to a real server protocol), refuse, or hang.
+    """
+
+    def __init__(self, clock: Clock, name: str, mode: str = "accept") -> None:
+        self.clock = clock
+        self.name = name
+        self.mode = mode
+        self.attempts: list[float] = []
+        self.pairs: list[MemoryPair] = []
+        self.servers: list[Recorder] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.attempts.append(self.clock.seconds())
+        if self.mode == "refuse":
+            return fail(ConnectionRefusedError(self.name))
+        if self.mode == "hang":
+            return Deferred(lambda d: None)
+        client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        server = Recorder(SERVER, role=Role.SERVER, clock=self.clock)
+        self.servers.append(server)
+        self.pairs.append(MemoryPair(client, server, self.clock).connect())
+        return succeed(client)
+
+    def drop(self) -> None:
+        """
+        The server closes the live connection.
+        """
+        pair = self.pairs[-1]
+        pair.serverTransport.loseConnection()
+        pair.pump()
+
+    def kill(self) -> None:
+        """
+        The server process dies: the connection is reset and new ones refused.
+        """
+        self.mode = "refuse"
+        if self.pairs and not self.pairs[-1].closed:
+            self.pairs[-1].serverTransport.abortConnection()
+            self.pairs[-1].pump()
+
+
+class FactoryTestCase(ClockTestCase):
+    def server(self, name: str, mode: str = "accept") -> FakeServer:
+        server = FakeServer(self.clock, name, mode)
+        if not hasattr(self, "fakes"):
+            self.fakes: list[FakeServer] = []
+            self.addCleanup(self.closeAll)
+        self.fakes.append(server)
+        return server
+
+    def advance(self, seconds: float, step: float = 0.125) -> None:
+        """
+        Let time pass, carrying bytes across every in-memory connection.
+        """
+        while seconds > 1e-12:
+            delta = min(step, seconds)
+            self.clock.advance(delta)
+            seconds -= delta
+            for fake in getattr(self, "fakes", []):
+                for pair in fake.pairs:
+                    pair.pump()
+
+    def closeAll(self) -> None:
+        for factory in getattr(self, "factories", []):
+            factory.stopTrying()
+        for fake in self.fakes:
+            for pair in fake.pairs:
+                pair.pump()
+
+    def makeFactory(self, *servers: FakeServer, **kwargs: Any) -> KeepaliveClientFactory:
+        kwargs.setdefault(
+            "retryPolicy", backoffPolicy(initialDelay=1.0, maxDelay=8.0, jitter="none")
+        )
+        kwargs.setdefault("stableAfter", 5.0)
+        factory = KeepaliveClientFactory(
+            CLIENT, servers=list(servers), clock=self.clock, reactor=self.clock, **kwargs
+        )
+        self.states: list[str] = []
+        factory.addStateObserver(lambda old, new: self.states.append(new.value))
+        if not hasattr(self, "factories"):
+            self.factories: list[KeepaliveClientFactory] = []
+        self.factories.append(factory)
+        return factory
+
+    def delays(self, factory: KeepaliveClientFactory) -> list[float]:
+        return [
+            c.getTime() - self.clock.seconds()
+            for c in self.clock.getDelayedCalls()
+            if c.active() and getattr(c.func, "__name__", "") == "retry"
+        ]
+
+
+class BackoffTests(FactoryTestCase):
+    def test_flappingServerBacksOffNeverLoopsTightly(self) -> None:
+        a = self.server("a")
+        factory = self.makeFactory(a)
+        factory.connect()
+        waits = []
+        for _ in range(5):
+            self.assertIs(factory.state, ClientState.CONNECTED)
+            a.drop()  # accepted, handshake done, dropped at once
+            waits.append(factory.lastDelay)
+            self.advance(factory.lastDelay or 0.0)
+        self.assertEqual(waits, [1.0, 2.0, 4.0, 8.0, 8.0])
+        self.assertEqual(len(a.attempts), 6)
+        self.assertEqual(factory.reconnects, 5)
+
+    def test_resetOnlyAfterStable(self) -> None:
+        a = self.server("a")
+        factory = self.makeFactory(a)
+        factory.connect()
+        a.drop()
+        self.advance(1.0)
+        a.drop()
+        self.assertEqual(factory.failures, 2)
+        self.advance(2.0)
+        self.advance(4.999)  # up, but not yet stable
+        self.assertEqual(factory.failures, 2)
+        self.advance(0.001)
+        self.assertEqual(factory.failures, 0)
+        a.drop()
+        self.assertEqual(factory.lastDelay, 1.0)  # back to the initial delay
+
+    def test_heartbeatTimeoutCountsAsFailure(self) -> None:
+        a = self.server("a")
+        factory = self.makeFactory(a)
+        factory.connect()
+        a.pairs[-1].serverToClient = False  # the server freezes
+        self.advance(3.0)
+        self.assertEqual(factory.heartbeatTimeouts, 1)
+        self.assertIsInstance(factory.connected, type(None))
+        self.assertIs(factory.state, ClientState.WAITING)
+        self.assertEqual(factory.lastDelay, 1.0)
+        self.assertEqual(self.states[:3], ["connecting", "connected", "waiting"])
+
+    def test_maxRetriesGivesUpAndSaysSo(self) -> None:
+        a = self.server("a", mode="refuse")
+        factory = self.makeFactory(a, maxRetries=2)
+        waiter = factory.whenConnected()
+        factory.connect()
+        self.advance(1.0 + 2.0)
+        self.assertEqual(len(a.attempts), 3)
+        self.assertIs(factory.state, ClientState.STOPPED)
+        self.assertIsInstance(self.failureResultOf(waiter).value, GaveUp)
+        self.advance(100.0)
+        self.assertEqual(len(a.attempts), 3)
+
+    def test_connectTimeout(self) -> None:
+        a = self.server("a", mode="hang")
+        factory = self.makeFactory(a, connectTimeout=2.0)
+        factory.connect()
+        self.advance(1.875)
+        self.assertIs(factory.state, ClientState.CONNECTING)
+        self.advance(0.125)
+        self.assertIs(factory.state, ClientState.WAITING)
+        self.assertEqual(factory.failures, 1)
+        self.advance(1.0)
+        self.assertEqual(a.attempts, [0.0, 3.0])
+
+    def test_subclassSettingsTakeEffectAtOnce(self) -> None:
+        # twisted#5103: the stock class ignores a subclass's initialDelay
+        # until the first resetDelay().
+        class Slow(KeepaliveClientFactory):
+            initialDelay = 7.0
+            jitter = "none"
+
+        a = self.server("a", mode="refuse")
+        factory = Slow(CLIENT, servers=[a], clock=self.clock, reactor=self.clock)
+        factory.connect()
+        self.assertEqual(factory.lastDelay, 7.0)
+        factory.maxDelay = 7.0
+        self.advance(7.0)
+        self.assertEqual(factory.lastDelay, 7.0)
+        factory.stopTrying()
+
+    def test_defaultPolicyIsJitteredWithinBounds(self) -> None:
+        a = self.server("a", mode="refuse")
+        factory = KeepaliveClientFactory(
+            CLIENT, servers=[a], clock=self.clock, reactor=self.clock, random=lambda: 0.5
+        )
+        factory.connect()
+        self.assertEqual(factory.lastDelay, 0.5)  # full jitter of the 1 s initial delay
+        factory.stopTrying()
+
+
+class FailoverTests(FactoryTestCase):
+    def test_killedServerFailsOverWithinOnePass(self) -> None:
+        a, b = self.server("a"), self.server("b")
+        factory = self.makeFactory(a, b)
+        factory.connect()
+        self.assertEqual(factory.currentServer, repr(a))
+        self.advance(6.0)  # stable on A
+        a.kill()
+        self.advance(0.125)  # next server of the pass: at once
+        self.assertIs(factory.state, ClientState.WAITING)
+        self.advance(1.0)
+        self.assertIs(factory.state, ClientState.CONNECTED)
+        self.assertEqual(factory.currentServer, repr(b))
+        # A refused, B accepted: one attempt each after the kill.
+        self.assertEqual((len(a.attempts), len(b.attempts)), (2, 1))
+
+    def test_refusedPrimaryTriesNextAtOnce(self) -> None:
+        a, b = self.server("a", mode="refuse"), self.server("b")
+        factory = self.makeFactory(a, b)
+        factory.connect()
+        self.clock.advance(0)
+        self.assertEqual(factory.currentServer, repr(b))
+        self.assertEqual((a.attempts, b.attempts), ([0.0], [0.0]))
+
+    def test_wholePassFailsThenBackoff(self) -> None:
+        a, b = self.server("a", "refuse"), self.server("b", "refuse")
+        factory = self.makeFactory(a, b)
+        factory.connect()
+        self.advance(1.0 + 2.0)
+        self.assertEqual(a.attempts, [0.0, 1.0, 3.0])
+        self.assertEqual(b.attempts, [0.0, 1.0, 3.0])
+
+    def test_roundRobinStartsAfterTheLastServer(self) -> None:
+        a, b = self.server("a"), self.server("b")
+        factory = self.makeFactory(a, b, failover="round-robin")
+        factory.connect()
+        self.advance(6.0)
+        a.drop()  # stable connection lost: next pass begins with B
+        self.advance(1.0)
+        self.assertEqual(factory.currentServer, repr(b))
+        order = self.makeFactory(self.server("c"), self.server("d"))
+        self.assertEqual(order.failover, "order")
+
+    def test_serverList(self) -> None:
+        servers = ServerList(
+            self.clock,
+            ["127.0.0.1:9000", "[::1]:9001", ("localhost", 9002), "tcp:host=127.0.0.1:port=9003"],
+            5.0,
+        )
+        self.assertEqual(
+            [label for label, _ in servers.entries],
+            ["127.0.0.1:9000", "[::1]:9001", "localhost:9002", "tcp:host=127.0.0.1:port=9003"],
+        )
+        for bad in ("localhost", "host:port", "h:70000", 42):
+            self.assertRaises(ValueError, ServerList, reactor, [bad], 5.0)
+        self.assertRaises(ValueError, ServerList, self.clock, [], 5.0)
+
+
+class CloseHintTests(FactoryTestCase):
+    def test_retryAfterHonoured(self) -> None:
+        a = self.server("a")
+        factory = self.makeFactory(a)
+        factory.connect()
+        self.advance(6.0)
+        a.servers[-1].close(CloseCode.GOING_AWAY, "maintenance", retryAfter=30.0)
+        a.pairs[-1].pump()
+        self.assertEqual(factory.lastDelay, 30.0)
+        self.advance(29.875)
+        self.assertEqual(len(a.attempts), 1)
+        self.advance(0.125)
+        self.assertEqual(len(a.attempts), 2)
+
+    def test_zeroHintGoesElsewhereNow(self) -> None:
+        a, b = self.server("a"), self.server("b")
+        factory = self.makeFactory(a, b)
+        factory.connect()
+        a.servers[-1].close(CloseCode.GOING_AWAY, "move", retryAfter=0.0)
+        a.pairs[-1].pump()
+        self.clock.advance(0)
+        self.assertEqual(factory.currentServer, repr(b))
+
+
+class APITests(FactoryTestCase):
+    def test_whenConnected(self) -> None:
+        a = self.server("a")
+        factory = self.makeFactory(a)
+        d = factory.whenConnected()
+        self.assertNoResult(d)
+        factory.connect()
+        self.assertIs(self.successResultOf(d), factory.connected)
+        self.assertIs(self.successResultOf(factory.whenConnected()), factory.connected)
+
+    def test_whenConnectedFailAfterFailures(self) -> None:
+        a = self.server("a", mode="refuse")
+        factory = self.makeFactory(a)
+        d = factory.whenConnected(failAfterFailures=2)
+        factory.connect()
+        self.assertNoResult(d)
+        self.advance(1.0)
+        self.assertIsInstance(self.failureResultOf(d).value, GaveUp)
+        self.assertIs(factory.state, ClientState.WAITING)  # it keeps trying
+
+    def test_stopTryingInEveryState(self) -> None:
+        for mode, settle in (("hang", 0.5), ("refuse", 0.0), ("accept", 0.0)):
+            server = self.server(mode, mode=mode)
+            factory = self.makeFactory(server)
+            waiter = factory.whenConnected() if mode != "accept" else None
+            factory.connect()
+            self.advance(settle) if settle else None
+            expected = {"hang": "connecting", "refuse": "waiting", "accept": "connected"}[mode]
+            self.assertEqual(factory.state.value, expected)
+            factory.stopTrying()
+            if mode == "accept":
+                server.pairs[-1].pump()
+                self.assertEqual(server.servers[-1].closed[0].code, CloseCode.NORMAL)
+            if waiter is not None:
+                self.failureResultOf(waiter, CancelledError)
+            self.assertIs(factory.state, ClientState.STOPPED)
+            self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+            self.failureResultOf(factory.whenConnected(), CancelledError)
+
+    def test_queueWhileDisconnectedFlushedInOrder(self) -> None:
+        a = self.server("a", mode="refuse")
+        factory = self.makeFactory(a)
+        factory.connect()
+        for i in range(5):
+            factory.sendMessage(b"m%d" % i)
+        self.assertEqual(len(factory.queue), 5)
+        a.mode = "accept"
+        self.advance(1.0)
+        factory.sendMessage(b"live")
+        a.pairs[-1].pump()
+        self.assertEqual(a.servers[-1].messages, [b"m0", b"m1", b"m2", b"m3", b"m4", b"live"])
+        self.assertEqual(len(factory.queue), 0)
+
+    def test_overflowPolicies(self) -> None:
+        for overflow, kept in (
+            (Overflow.DROP_OLDEST, [b"1", b"2"]),
+            (Overflow.DROP_NEWEST, [b"0", b"1"]),
+        ):
+            factory = KeepaliveClientFactory(
+                CLIENT, queueSize=2, overflow=overflow, clock=self.clock
+            )
+            for i in range(3):
+                factory.sendMessage(b"%d" % i)
+            self.assertEqual(list(factory.queue), kept)
+            self.assertEqual(factory.dropped, 1)
+        factory = KeepaliveClientFactory(CLIENT, queueSize=1, clock=self.clock)
+        factory.sendMessage(b"a")
+        with self.assertRaises(QueueFull) as ctx:
+            factory.sendMessage(b"b")
+        self.assertIn("full (1 messages)", str(ctx.exception))
+        self.assertEqual(list(factory.queue), [b"a"])
+
+    def test_badArguments(self) -> None:
+        for kwargs in (
+            {"failover": "random"},
+            {"connectTimeout": 0},
+            {"maxRetries": -1},
+            {"queueSize": -1},
+            {"stableAfter": -1},
+        ):
+            self.assertRaises(ValueError, KeepaliveClientFactory, CLIENT, **kwargs)
+
+
+class ConnectorModeTests(ClockTestCase):
+    """
+    reactor.connectTCP(host, port, factory), as with the stock class.
+    """
+
+    def test_dropIn(self) -> None:
+        reactor = MemoryReactorClock()
+        factory = KeepaliveClientFactory(
+            CLIENT, clock=reactor, retryPolicy=backoffPolicy(jitter="none"), stableAfter=5.0
+        )
+        self.assertIsInstance(factory, ReconnectingClientFactory)
+        connector = reactor.connectTCP("127.0.0.1", 9000, factory)
+        reconnects: list[float] = []
+        connector.connect = lambda: reconnects.append(reactor.seconds())
+        self.assertEqual(factory.currentServer, "127.0.0.1:9000")
+        self.assertIs(factory.state, ClientState.CONNECTING)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        server = Recorder(SERVER, role=Role.SERVER, clock=reactor)
+        server.makeConnection(StringTransport())
+        server.dataReceived(transport.value())
+        protocol.dataReceived(server.transport.value())
+        self.assertIs(factory.state, ClientState.CONNECTED)
+        # The server dies at once: the connector reports the loss, we retry after 1 s.
+        protocol.connectionLost(Failure(ConnectionDone()))
+        factory.clientConnectionLost(connector, Failure(ConnectionDone()))
+        self.assertEqual(factory.lastDelay, 1.0)
+        reactor.advance(1.0)
+        self.assertEqual(reconnects, [1.0])
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+        self.assertEqual(factory.lastDelay, 2.0)
+        factory.stopTrying()
+        self.assertTrue(connector.stoppedConnecting)
+        server.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([c for c in reactor.getDelayedCalls() if c.active()], [])
+
+    def test_connectTimeoutFailsTheAttempt(self) -> None:
+        reactor = MemoryReactorClock()
+        factory = KeepaliveClientFactory(
+            CLIENT, clock=reactor, connectTimeout=3.0, retryPolicy=backoffPolicy(jitter="none")
+        )
+        connector = reactor.connectTCP("127.0.0.1", 9000, factory)
+        reactor.advance(3.0)
+        self.assertTrue(connector.stoppedConnecting)
+        factory.stopTrying()
+
+    def test_heartbeatTimeoutReasonSeenByFactory(self) -> None:
+        reactor = MemoryReactorClock()
+        factory = KeepaliveClientFactory(CLIENT, clock=reactor)
+        reactor.connectTCP("127.0.0.1", 9000, factory)
+        protocol = factory.buildProtocol(None)
+        server = Recorder(SERVER, role=Role.SERVER, clock=reactor)
+        pair = MemoryPair(protocol, server, reactor).connect()
+        pair.serverToClient = False
+        pair.advance(3.0, 0.5)
+        self.assertEqual(factory.heartbeatTimeouts, 1)
+        self.assertIsInstance(protocol.closeReason.value, HeartbeatTimeout)
+        factory.stopTrying()
