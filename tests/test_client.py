@@ -268,8 +268,9 @@ class FailoverTests(FactoryTestCase):
         self.assertEqual(order.failover, "order")
 
     def test_serverList(self) -> None:
+        reactor = MemoryReactorClock()
         servers = ServerList(
-            self.clock,
+            reactor,
             ["127.0.0.1:9000", "[::1]:9001", ("localhost", 9002), "tcp:host=127.0.0.1:port=9003"],
             5.0,
         )
@@ -279,7 +280,7 @@ class FailoverTests(FactoryTestCase):
         )
         for bad in ("localhost", "host:port", "h:70000", 42):
             self.assertRaises(ValueError, ServerList, reactor, [bad], 5.0)
-        self.assertRaises(ValueError, ServerList, self.clock, [], 5.0)
+        self.assertRaises(ValueError, ServerList, reactor, [], 5.0)
 
 
 class CloseHintTests(FactoryTestCase):
