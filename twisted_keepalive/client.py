@@ -158,6 +158,8 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
     @ivar currentServer: label of the server connected to or last tried.
     @ivar connected: the L{HeartbeatProtocol} of the live connection, or None.
     @ivar dropped: messages dropped by the overflow policy.
+    @ivar lastDelay: the last backoff delay chosen, in seconds.
+    @ivar lastError: why the last attempt failed or connection ended.
     """
 
     protocol = HeartbeatProtocol
@@ -222,6 +224,7 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self.connected: HeartbeatProtocol | None = None
         self.connectedSince: float | None = None
         self.lastDelay: float | None = None
+        self.lastError: str | None = None
         self._handshakes = 0
         self._observers: list[StateObserver] = []
         self._waiters: list[tuple[Deferred[HeartbeatProtocol], int | None]] = []
@@ -412,6 +415,7 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         if reason.check(HeartbeatTimeout):
             self.heartbeatTimeouts += 1
         self._retryAfter = None
+        self.lastError = f"{type(reason.value).__name__}: {reason.value}"
         if isinstance(reason.value, PeerClosed):
             self._retryAfter = reason.value.retryAfter
         self.log.info(
@@ -427,6 +431,7 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
 
     def _connectionFailed(self, reason: Failure) -> None:
         self._cancel("_connectTimer")
+        self.lastError = reason.getErrorMessage()
         self.log.info(
             "Cannot connect to {server}: {reason}",
             server=self.currentServer,
