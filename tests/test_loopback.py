@@ -75,3 +75,63 @@ def test_silentPeerDetectedWithinBound() -> Any:
         yield proxy.stop()
         yield port.stopListening()
     assert [c for c in reactor.getDelayedCalls() if "IdleTimer" in repr(c)] == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_failoverWhenPrimaryIsKilled() -> Any:
+    """
+    The source texts' scenario: two servers, the client on A, A is killed
+    (its connections reset, its port closed); the client is on B within the
+    backoff bound, with no human action.
+    """
+    from twisted_keepalive.backoff import backoffPolicy
+    from twisted_keepalive.client import ClientState, KeepaliveClientFactory
+
+    live: list[Watched] = []
+
+    class Factory(ServerFactory):
+        heartbeatConfig = HeartbeatConfig(interval=1.0, timeout=2.0)
+
+        def buildProtocol(self, addr: Any) -> Watched:
+            p = Watched(role=Role.SERVER)
+            p.factory = self
+            live.append(p)
+            return p
+
+    portA = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    portB = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    labelA = f"127.0.0.1:{portA.getHost().port}"
+    labelB = f"127.0.0.1:{portB.getHost().port}"
+    maxDelay = 0.5
+    factory = KeepaliveClientFactory(
+        HeartbeatConfig(interval=0.1, timeout=0.5),
+        servers=[labelA, labelB],
+        retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=maxDelay),
+        connectTimeout=1.0,
+    )
+    try:
+        factory.connect()
+        yield factory.whenConnected()
+        assert factory.currentServer == labelA
+        onB: Deferred[None] = Deferred()
+        factory.addStateObserver(
+            lambda old, new: new is ClientState.CONNECTED and not onB.called and onB.callback(None)
+        )
+        killed = reactor.seconds()
+        yield portA.stopListening()
+        for p in list(live):
+            p.transport.abortConnection()  # RST, as when the process dies
+        yield onB
+        elapsed = reactor.seconds() - killed
+        assert factory.currentServer == labelB
+        # One backoff (at most maxDelay) plus a refused attempt on A.
+        assert elapsed <= maxDelay + 0.5, elapsed
+        assert factory.reconnects == 1
+    finally:
+        factory.stopTrying()
+        yield portB.stopListening()
+        yield deferLater(reactor, 0.05, lambda: None)
+        for p in live:
+            if p.transport is not None and p.transport.connected:
+                p.transport.abortConnection()
+        yield deferLater(reactor, 0.05, lambda: None)
