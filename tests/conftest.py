@@ -18,5 +18,5 @@ def noDelayedCallsLeft() -> Iterator[None]:
     yield
     from twisted.internet import reactor
 
-    left = [c for c in reactor.getDelayedCalls() if c.active()]  # type: ignore[attr-defined]
+    left = [c for c in reactor.getDelayedCalls() if c.active()]
     assert left == [], f"DelayedCalls left behind: {left}"

@@ -114,9 +114,12 @@ def test_failoverWhenPrimaryIsKilled() -> Any:
         yield factory.whenConnected()
         assert factory.currentServer == labelA
         onB: Deferred[None] = Deferred()
-        factory.addStateObserver(
-            lambda old, new: new is ClientState.CONNECTED and not onB.called and onB.callback(None)
-        )
+
+        def observe(old: ClientState, new: ClientState) -> None:
+            if new is ClientState.CONNECTED and not onB.called:
+                onB.callback(None)
+
+        factory.addStateObserver(observe)
         killed = reactor.seconds()
         yield portA.stopListening()
         for p in list(live):
