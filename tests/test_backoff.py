@@ -4,6 +4,7 @@ Retry policies.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from hypothesis import given
@@ -60,6 +61,33 @@ class PolicyTests(SynchronousTestCase):
         # Always the top of U(base, 3 x previous): 3, 9, then capped at 10.
         self.assertEqual([policy(n) for n in range(1, 5)], [3.0, 9.0, 10.0, 10.0])
         self.assertEqual(policy(1), 3.0)  # the first attempt starts over
+
+    def test_exactSequencesWithSeededRandom(self) -> None:
+        base = [min(1.0 * 2**n, 10.0) for n in range(8)]
+        expected = {
+            "none": lambda v, r: v,
+            "full": lambda v, r: v * r,
+            "equal": lambda v, r: v / 2 + v / 2 * r,
+            "proportional": lambda v, r: min(v * (1 + 0.2 * (2 * r - 1)), 10.0),
+        }
+        for jitter, formula in expected.items():
+            draws = random.Random(42)
+            policy = backoffPolicy(
+                "exponential", 1.0, 10.0, 2.0, jitter, random=random.Random(42).random
+            )
+            got = [policy(n) for n in range(1, 9)]
+            want = [formula(v, draws.random() if jitter != "none" else 0.0) for v in base]
+            for g, w in zip(got, want, strict=True):
+                self.assertAlmostEqual(g, w, places=12, msg=jitter)
+        draws = random.Random(7)
+        policy = backoffPolicy(
+            initialDelay=1.0, maxDelay=10.0, jitter="decorrelated", random=random.Random(7).random
+        )
+        previous = 1.0
+        for n in range(1, 9):
+            top = min(10.0, 1.0 + draws.random() * (max(1.0, previous * 3) - 1.0))
+            self.assertAlmostEqual(policy(n), top, places=12)
+            previous = top
 
     def test_maxHoldsAfterJitter(self) -> None:
         # Stock jitter can exceed maxDelay (twisted#4734).

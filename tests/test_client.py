@@ -327,6 +327,30 @@ class APITests(FactoryTestCase):
         self.assertIsInstance(self.failureResultOf(d).value, GaveUp)
         self.assertIs(factory.state, ClientState.WAITING)  # it keeps trying
 
+    def test_callbackMayStopTheFactory(self) -> None:
+        # A whenConnected errback that calls stopTrying() runs after the
+        # factory finished its own transition: no retry survives it.
+        a = self.server("a", mode="refuse")
+        factory = self.makeFactory(a)
+        factory.whenConnected(failAfterFailures=1).addErrback(lambda f: factory.stopTrying())
+        factory.addStateObserver(lambda old, new: None)
+        factory.connect()
+        self.assertIs(factory.state, ClientState.STOPPED)
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
+    def test_observerMayStopTheFactory(self) -> None:
+        a = self.server("a", mode="refuse")
+        factory = self.makeFactory(a)
+
+        def stopWhenWaiting(old: ClientState, new: ClientState) -> None:
+            if new is ClientState.WAITING:
+                factory.stopTrying()
+
+        factory.addStateObserver(stopWhenWaiting)
+        factory.connect()
+        self.assertIs(factory.state, ClientState.STOPPED)
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
     def test_stopTryingInEveryState(self) -> None:
         for mode, settle in (("hang", 0.5), ("refuse", 0.0), ("accept", 0.0)):
             server = self.server(mode, mode=mode)

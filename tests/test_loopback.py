@@ -138,3 +138,112 @@ def test_failoverWhenPrimaryIsKilled() -> Any:
             if p.transport is not None and p.transport.connected:
                 p.transport.abortConnection()
         yield deferLater(reactor, 0.05, lambda: None)
+
+
+class Echo(Watched):
+    def messageReceived(self, message: bytes) -> None:
+        self.sendMessage(message)
+
+
+@pytest_twisted.inlineCallbacks
+def test_serverRestartedOnSamePort() -> Any:
+    from twisted_keepalive.backoff import backoffPolicy
+    from twisted_keepalive.client import ClientState, KeepaliveClientFactory
+
+    live: list[Watched] = []
+
+    class Factory(ServerFactory):
+        heartbeatConfig = HeartbeatConfig(interval=1.0, timeout=2.0)
+
+        def buildProtocol(self, addr: Any) -> Watched:
+            p = Echo(role=Role.SERVER)
+            p.factory = self
+            live.append(p)
+            return p
+
+    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    number = port.getHost().port
+    factory = KeepaliveClientFactory(
+        HeartbeatConfig(interval=0.1, timeout=0.5),
+        servers=[f"127.0.0.1:{number}"],
+        retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=0.2),
+    )
+    states: list[ClientState] = []
+    factory.addStateObserver(lambda old, new: states.append(new))
+    try:
+        factory.connect()
+        yield factory.whenConnected()
+        yield port.stopListening()
+        for p in list(live):
+            p.transport.abortConnection()
+        live.clear()
+        yield deferLater(reactor, 0.5, lambda: None)  # refused meanwhile
+        assert factory.state is not ClientState.CONNECTED
+        factory.sendMessage(b"sent while down")
+        port = reactor.listenTCP(number, Factory(), interface="127.0.0.1")
+        protocol = yield factory.whenConnected()
+        yield live[0].ready
+        yield deferLater(reactor, 0.1, lambda: None)
+        assert live[0].stats.messagesIn == 1  # the queued message arrived
+        assert protocol.stats.messagesIn == 1  # and was echoed back
+        assert states.count(ClientState.CONNECTED) == 2
+        assert factory.failures >= 1
+    finally:
+        factory.stopTrying()
+        yield port.stopListening()
+        yield deferLater(reactor, 0.05, lambda: None)
+        for p in live:
+            if p.transport is not None and p.transport.connected:
+                p.transport.abortConnection()
+        yield deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_connectTimeoutAgainstABacklogThatNeverAccepts() -> Any:
+    """
+    A listening socket that never accepts, its backlog filled: the kernel
+    drops further SYNs, as a blackholed host would.  The attempt must end
+    at the connect timeout, not the OS default.
+    """
+    import socket
+
+    from twisted_keepalive.backoff import backoffPolicy
+    from twisted_keepalive.client import GaveUp, KeepaliveClientFactory
+
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    factory = None
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        yield deferLater(reactor, 0.1, lambda: None)
+        factory = KeepaliveClientFactory(
+            HeartbeatConfig(interval=0.1, timeout=0.5),
+            servers=[f"127.0.0.1:{port}"],
+            retryPolicy=backoffPolicy(initialDelay=10.0, maxDelay=10.0),
+            connectTimeout=0.3,
+        )
+        started = reactor.seconds()
+        failed = factory.whenConnected(failAfterFailures=1)
+        factory.connect()
+        try:
+            yield failed
+        except GaveUp:
+            pass
+        else:
+            raise AssertionError("connected to a socket that never accepts")
+        elapsed = reactor.seconds() - started
+        assert "no connection within 0.3s" in (factory.lastError or ""), factory.lastError
+        assert 0.3 <= elapsed < 1.5, elapsed
+    finally:
+        if factory is not None:
+            factory.stopTrying()
+        for s in [*fillers, listener]:
+            s.close()
+        yield deferLater(reactor, 0.05, lambda: None)

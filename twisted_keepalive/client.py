@@ -310,6 +310,8 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self.currentServer = label
         self.attempts += 1
         self._setState(ClientState.CONNECTING)
+        if not self.continueTrying:
+            return  # an observer stopped us
         attempt = endpoint.connect(self)
         self._attempt = attempt
         self._connectTimer = self._clock.callLater(self.connectTimeout, attempt.cancel)
@@ -441,6 +443,8 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self._scheduleRetry()
 
     def _scheduleRetry(self) -> None:
+        # User code (state observers, whenConnected callbacks) runs last,
+        # once this transition is complete: it may call stopTrying().
         if not self.continueTrying:
             self._setState(ClientState.STOPPED)
             return
@@ -452,24 +456,27 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             return
         self.failures += 1
         self.retries = self.failures
-        for d, _ in self._popWaiters(lambda limit: limit is not None and self.failures >= limit):
-            d.errback(Failure(GaveUp(f"{self.failures} consecutive failures")))
-        if self.maxRetries is not None and self.failures > self.maxRetries:
-            message = f"gave up after {self.failures} consecutive failures"
+        failures = self.failures
+        expired = self._popWaiters(lambda limit: limit is not None and failures >= limit)
+        if self.maxRetries is not None and failures > self.maxRetries:
+            message = f"gave up after {failures} consecutive failures"
             self.log.warn(
                 "Giving up on {server}: {message}", server=self.currentServer, message=message
             )
-            for d, _ in self._popWaiters(lambda limit: True):
-                d.errback(Failure(GaveUp(message)))
+            expired += self._popWaiters(lambda limit: True)
             self.stopTrying()
+            for d, _ in expired:
+                d.errback(Failure(GaveUp(message)))
             return
-        delay = self.delayFor(self.failures)
+        delay = self.delayFor(failures)
         if hint is not None:
-            delay = hint if self.failures <= 1 else max(hint, delay)
+            delay = hint if failures <= 1 else max(hint, delay)
         self.lastDelay = delay
-        self._setState(ClientState.WAITING)
         self.log.info("Reconnecting in {delay:.2f}s", delay=delay)
         self._retryCall = self._clock.callLater(delay, self.retry)
+        self._setState(ClientState.WAITING)
+        for d, _ in expired:
+            d.errback(Failure(GaveUp(f"{failures} consecutive failures")))
 
     # Application API
 
