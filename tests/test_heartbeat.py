@@ -75,7 +75,8 @@ class HandshakeTests(ClockTestCase):
         self.assertEqual(c.stats.interval, 5.0)
         self.assertEqual(c.stats.timeout, 60.0)
         self.assertEqual(s.stats.timeout, 12.0)
-        self.assertIsNone(s.stats.interval)  # the server never pings
+        self.assertEqual(s.stats.interval, 5.0)  # what it told the client
+        self.assertIsNone(s.core.liveness.interval)  # the server never pings
         c.close()
         pair.pump()
 

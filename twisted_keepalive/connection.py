@@ -107,6 +107,7 @@ class KeepaliveConnection:
         self.config = config
         self.state = State.HANDSHAKING
         self.version: int | None = None
+        self.interval: float | None = None  # negotiated, both roles
         self.peerHello: Hello | None = None
         self.peerMaxFrame = HANDSHAKE_MAX_FRAME
         self.liveness = Liveness(None, None, now)
@@ -315,6 +316,7 @@ class KeepaliveConnection:
             self.liveness.interval = interval
             self.liveness.timeout = timeout
         self.version = version
+        self.interval = interval
         self.peerHello = hello
         self.peerMaxFrame = hello.maxFrame
         self._decoder.maxFrame = cfg.maxFrame

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .config import HeartbeatConfig
 from .connection import (
@@ -95,6 +96,7 @@ class HeartbeatStats:
     messagesOut: int
 
 
+@implementer(IPushProducer)
 class HeartbeatProtocol(Protocol):
     """
     A connection that proves its peer is alive.
@@ -105,11 +107,17 @@ class HeartbeatProtocol(Protocol):
     L{ClientFactory} and L{Role.SERVER} under any other factory.
 
     Override L{handshakeCompleted}, L{messageReceived}, L{pongReceived}
-    and L{connectionClosed}.  A factory with C{heartbeatConnectionReady(p)}
-    or C{heartbeatConnectionLost(p, reason)} methods is told of both events
-    (with the translated reason), whether it connected through a connector
-    or an endpoint.  If you override C{connectionMade},
+    and L{connectionClosed}.  A factory with C{heartbeatConnectionMade(p)},
+    C{heartbeatConnectionReady(p)}, C{heartbeatPingReceived(p, at)} or
+    C{heartbeatConnectionLost(p, reason)} methods is told of those events
+    (the last with the translated reason), whether it connected through a
+    connector or an endpoint.  If you override C{connectionMade},
     C{dataReceived} or C{connectionLost}, call this class's version.
+
+    The protocol registers itself as its transport's producer, so it knows
+    when the peer stops reading (L{outputPaused}); what is written while
+    paused is counted, and past C{maxPendingOutput} the connection is
+    dropped with SLOW_CONSUMER instead of letting memory grow.
 
     @ivar closeReason: after the connection is gone, why: a
         L{HeartbeatTimeout}, L{HandshakeTimeout}, L{PeerClosed},
@@ -136,6 +144,8 @@ class HeartbeatProtocol(Protocol):
         self._closeCall: IDelayedCall | None = None
         self._reason: Exception | None = None
         self.peer = "unknown peer"
+        self.outputPaused = False
+        self._pendingWhilePaused = 0
 
     # Settings
 
@@ -171,9 +181,13 @@ class HeartbeatProtocol(Protocol):
             sock = findSocket(self.transport)
             if sock is not None:
                 applyTCPKeepalive(sock, config.tcpKeepalive)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._timer = IdleTimer(clock, core.liveness, self._onTimer)
         self._handshakeCall = clock.callLater(config.handshakeTimeout, self._handshakeExpired)
-        if core.role is Role.CLIENT:
+        notify = getattr(self.factory, "heartbeatConnectionMade", None)
+        if notify is not None:
+            notify(self)  # a server factory may refuse the connection here
+        if core.role is Role.CLIENT and not core.isClosed:
             core.initiate(now)
             self._flush()
 
@@ -252,7 +266,7 @@ class HeartbeatProtocol(Protocol):
         """
         if self.core is None:
             raise LocalProtocolError("cannot send: not connected")
-        self.transport.write(self.core.encodeMessage(message, self.clock.seconds()))  # type: ignore[union-attr]
+        self._write(self.core.encodeMessage(message, self.clock.seconds()))
 
     def close(
         self,
@@ -291,7 +305,7 @@ class HeartbeatProtocol(Protocol):
         rtt = core.rtt
         return HeartbeatStats(
             state=core.state.value,
-            interval=live.interval,
+            interval=core.interval,
             timeout=live.timeout,
             srtt=rtt.srtt,
             rttvar=rtt.rttvar,
@@ -318,7 +332,37 @@ class HeartbeatProtocol(Protocol):
         assert self.core is not None
         data = self.core.dataToSend()
         if data:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self.outputPaused:
+            self._pendingWhilePaused += len(data)
+            if self._pendingWhilePaused > self.config.maxPendingOutput:
+                self._slowConsumer()
+                return
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    # IPushProducer: the transport tells us when its buffer is full.
+
+    def pauseProducing(self) -> None:
+        self.outputPaused = True
+
+    def resumeProducing(self) -> None:
+        self.outputPaused = False
+        self._pendingWhilePaused = 0
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _slowConsumer(self) -> None:
+        limit = self.config.maxPendingOutput
+        self.log.warn(
+            "{peer} is not reading: over {limit} bytes pending; dropping it",
+            peer=self.peer,
+            limit=limit,
+        )
+        # It is not reading, so a CLOSE would not reach it: abort.
+        self.abort(ClosedLocally(CloseCode.SLOW_CONSUMER, f"over {limit} bytes unread"))
 
     def _dispatch(self, event: object) -> None:
         if isinstance(event, PongReceived):
@@ -329,6 +373,9 @@ class HeartbeatProtocol(Protocol):
             self._peerClosed(event)
         elif isinstance(event, PingReceived):
             self.pingReceived(event.at)
+            notify = getattr(self.factory, "heartbeatPingReceived", None)
+            if notify is not None:
+                notify(self, event.at)
 
     def pingReceived(self, at: float) -> None:
         """

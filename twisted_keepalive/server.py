@@ -1,0 +1,358 @@
+"""
+L{KeepaliveServerFactory}: evicts silent clients, knows who is connected,
+pushes to them, refuses abuse, and shuts down gracefully.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .config import HeartbeatConfig
+from .errors import (
+    CloseCode,
+    ClosedLocally,
+    HandshakeTimeout,
+    HeartbeatTimeout,
+    PeerClosed,
+    ProtocolViolation,
+)
+from .heartbeat import HeartbeatProtocol, describePeer, maybeGlobalReactor
+
+
+class DisconnectReason(Enum):
+    """
+    Why a client left, as the disconnect hook and the metrics tell it.
+    """
+
+    EVICTED = "evicted"  # silent past the idle timeout
+    HANDSHAKE_TIMEOUT = "handshake-timeout"
+    CLOSED_BY_PEER = "closed-by-peer"
+    AUTH = "auth"
+    LIMIT = "limit"  # refused: too many connections
+    TOO_MANY_PINGS = "too-many-pings"
+    SLOW_CONSUMER = "slow-consumer"
+    PROTOCOL_ERROR = "protocol-error"
+    SHUTDOWN = "shutdown"
+    REPLACED = "replaced"  # a newer connection took its client id
+    CLOSED = "closed"  # closed by the application
+    LOST = "lost"  # the transport went away
+
+    @classmethod
+    def classify(cls, reason: Failure) -> DisconnectReason:
+        value = reason.value
+        if isinstance(value, HeartbeatTimeout):
+            return cls.EVICTED
+        if isinstance(value, HandshakeTimeout):
+            return cls.HANDSHAKE_TIMEOUT
+        if isinstance(value, PeerClosed):
+            return cls.CLOSED_BY_PEER
+        if isinstance(value, ProtocolViolation):
+            return cls.AUTH if value.code == CloseCode.AUTH_FAILED else cls.PROTOCOL_ERROR
+        if isinstance(value, ClosedLocally):
+            if value.reason == _REPLACED:
+                return cls.REPLACED
+            return _BY_CODE.get(value.code, cls.CLOSED)
+        return cls.LOST
+
+
+_REPLACED = "replaced by a newer connection with the same client id"
+_BY_CODE: dict[int, DisconnectReason] = {
+    CloseCode.TOO_MANY_CONNECTIONS: DisconnectReason.LIMIT,
+    CloseCode.TOO_MANY_PINGS: DisconnectReason.TOO_MANY_PINGS,
+    CloseCode.SLOW_CONSUMER: DisconnectReason.SLOW_CONSUMER,
+    CloseCode.GOING_AWAY: DisconnectReason.SHUTDOWN,
+}
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """
+    One live connection, as the registry and the status view show it.
+    Times are clock seconds (epoch seconds with the real reactor).
+    """
+
+    peer: str
+    clientId: str | None
+    connectedSince: float
+    lastReceived: float
+    rtt: float | None
+    framesIn: int
+    framesOut: int
+    bytesIn: int
+    bytesOut: int
+
+
+class KeepaliveServerFactory(ServerFactory):
+    """
+    Serve L{HeartbeatProtocol} (or a subclass) connections.
+
+    Idle eviction is each connection's own lazy timer (C{heartbeatConfig.
+    timeout}), not a sweep: see docs/guide.md for the measurement behind the
+    choice.
+
+    Hooks (override or assign): L{clientConnected}, L{clientDisconnected},
+    L{messageReceived}.
+
+    @ivar heartbeatConfig: C{interval} is the longest ping interval a client
+        may use, C{timeout} the idle eviction time, C{token} the shared
+        secret required in HELLO, C{maxFrame} and C{handshakeTimeout} as
+        named.
+    @ivar maxConnections: connections beyond this get CLOSE
+        TOO_MANY_CONNECTIONS with a retry-after hint of C{fullRetryAfter}
+        seconds spread by up to 100 %.
+    @ivar pingTolerance: a PING arriving sooner than C{pingTolerance x
+        interval} after the previous one is a strike; after C{maxPingStrikes}
+        strikes the client is closed with TOO_MANY_PINGS (gRPC's rule).
+    @ivar evictions: clients dropped for silence since start.
+    @ivar counts: disconnects by L{DisconnectReason}.
+    """
+
+    protocol = HeartbeatProtocol
+    log = Logger()
+
+    def __init__(
+        self,
+        heartbeatConfig: HeartbeatConfig | None = None,
+        *,
+        maxConnections: int | None = None,
+        fullRetryAfter: float = 5.0,
+        pingTolerance: float = 0.5,
+        maxPingStrikes: int = 2,
+        clock: IReactorTime | None = None,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        if maxConnections is not None and maxConnections < 0:
+            raise ValueError(f"maxConnections must be >= 0, not {maxConnections!r}")
+        if not 0 <= pingTolerance <= 1:
+            raise ValueError(f"pingTolerance must be between 0 and 1, not {pingTolerance!r}")
+        self.heartbeatConfig = heartbeatConfig or HeartbeatConfig()
+        self.maxConnections = maxConnections
+        self.fullRetryAfter = fullRetryAfter
+        self.pingTolerance = pingTolerance
+        self.maxPingStrikes = maxPingStrikes
+        self.clock = clock
+        self.random = random
+        self.connections: set[HeartbeatProtocol] = set()
+        self.byClientId: dict[str, HeartbeatProtocol] = {}
+        self.evictions = 0
+        self.counts: dict[DisconnectReason, int] = {r: 0 for r in DisconnectReason}
+        self._pings: dict[HeartbeatProtocol, tuple[float, int]] = {}
+        self._refused: set[HeartbeatProtocol] = set()
+        self._shutdown: Deferred[None] | None = None
+        self._shutdownCall: IDelayedCall | None = None
+
+    @property
+    def _clock(self) -> IReactorTime:
+        return maybeGlobalReactor(self.clock)
+
+    # Hooks
+
+    def clientConnected(self, protocol: HeartbeatProtocol) -> None:
+        """
+        A client completed its handshake.
+        """
+
+    def clientDisconnected(self, protocol: HeartbeatProtocol, reason: DisconnectReason) -> None:
+        """
+        A client (handshake completed or not) went away, for C{reason}.
+        """
+
+    def messageReceived(self, protocol: HeartbeatProtocol, message: bytes) -> None:
+        """
+        A client sent a message.  Called by L{ServerProtocol}; a protocol
+        subclass of your own may handle messages itself instead.
+        """
+
+    # Connection lifecycle
+
+    def buildProtocol(self, addr: Any) -> HeartbeatProtocol:
+        p = self.protocol()
+        p.factory = self
+        full = self.maxConnections is not None and len(self.connections) >= self.maxConnections
+        if self._shutdown is not None or full:
+            self._refused.add(p)
+        else:
+            self.connections.add(p)
+        return p
+
+    def heartbeatConnectionMade(self, protocol: HeartbeatProtocol) -> None:
+        if protocol in self._refused:
+            retryAfter = self.fullRetryAfter * (1 + self.random())
+            self.log.warn(
+                "Refusing {peer}: {count} connections is the limit",
+                peer=protocol.peer,
+                count=self.maxConnections,
+            )
+            protocol.close(CloseCode.TOO_MANY_CONNECTIONS, "server full", retryAfter)
+
+    def heartbeatConnectionReady(self, protocol: HeartbeatProtocol) -> None:
+        assert protocol.core is not None and protocol.core.peerHello is not None
+        clientId = protocol.core.peerHello.clientId
+        if clientId is not None:
+            previous = self.byClientId.get(clientId)
+            self.byClientId[clientId] = protocol
+            if previous is not None and previous is not protocol:
+                previous.close(CloseCode.NORMAL, _REPLACED)
+        self.clientConnected(protocol)
+
+    def heartbeatPingReceived(self, protocol: HeartbeatProtocol, at: float) -> None:
+        interval = protocol.core.interval if protocol.core is not None else None
+        last, strikes = self._pings.get(protocol, (None, 0))
+        self._pings[protocol] = (at, strikes)
+        if last is None or interval is None:
+            return
+        if at - last < self.pingTolerance * interval:
+            strikes += 1
+            self._pings[protocol] = (at, strikes)
+            if strikes > self.maxPingStrikes:
+                protocol.close(CloseCode.TOO_MANY_PINGS, "pinging faster than the interval")
+            else:
+                self.log.warn(
+                    "{peer} pings too often ({gap:.3f}s apart, interval {interval}s): "
+                    "strike {strikes}",
+                    peer=protocol.peer,
+                    gap=at - last,
+                    interval=interval,
+                    strikes=strikes,
+                )
+
+    def heartbeatConnectionLost(self, protocol: HeartbeatProtocol, reason: Failure) -> None:
+        self._pings.pop(protocol, None)
+        if protocol in self._refused:
+            self._refused.discard(protocol)
+            why = DisconnectReason.LIMIT
+        else:
+            self.connections.discard(protocol)
+            why = DisconnectReason.classify(reason)
+        core = protocol.core
+        clientId = core.peerHello.clientId if core and core.peerHello else None
+        if clientId is not None and self.byClientId.get(clientId) is protocol:
+            del self.byClientId[clientId]
+        self.counts[why] += 1
+        if why is DisconnectReason.EVICTED:
+            self.evictions += 1
+        self.clientDisconnected(protocol, why)
+        if self._shutdown is not None and not self.connections and not self._refused:
+            self._finishShutdown()
+
+    # Registry
+
+    def __iter__(self) -> Iterator[ConnectionInfo]:
+        return (self.info(p) for p in list(self.connections) if p.isOpen)
+
+    def info(self, protocol: HeartbeatProtocol) -> ConnectionInfo:
+        stats = protocol.stats
+        core = protocol.core
+        assert core is not None
+        return ConnectionInfo(
+            peer=describePeer(protocol.transport),
+            clientId=core.peerHello.clientId if core.peerHello else None,
+            connectedSince=stats.connectedAt,
+            lastReceived=stats.lastReceived,
+            rtt=stats.srtt,
+            framesIn=stats.framesIn,
+            framesOut=stats.framesOut,
+            bytesIn=stats.bytesIn,
+            bytesOut=stats.bytesOut,
+        )
+
+    def get(self, clientId: str) -> HeartbeatProtocol | None:
+        return self.byClientId.get(clientId)
+
+    # Push
+
+    def send(self, clientId: str, message: bytes) -> bool:
+        """
+        Send to one client by id; L{False} if no such client is connected.
+        A client that stops reading is dropped once its unread output passes
+        C{maxPendingOutput}; this never blocks.
+        """
+        protocol = self.byClientId.get(clientId)
+        if protocol is None or not protocol.isOpen:
+            return False
+        protocol.sendMessage(message)
+        return True
+
+    def broadcast(
+        self, message: bytes, where: Callable[[HeartbeatProtocol], bool] | None = None
+    ) -> int:
+        """
+        Send to every open connection (that C{where} accepts); returns how many.
+        """
+        sent = 0
+        for protocol in list(self.connections):
+            if protocol.isOpen and (where is None or where(protocol)):
+                protocol.sendMessage(message)
+                sent += 1
+        return sent
+
+    # Shutdown
+
+    def shutdown(self, timeout: float = 5.0, spread: float = 10.0) -> Deferred[None]:
+        """
+        Tell every client we are going away, with a retry-after hint drawn
+        uniformly from C{[0, spread]} so that the fleet does not come back in
+        one burst; refuse new connections; wait up to C{timeout} for the
+        clients to leave, then abort the rest.  The Deferred fires when all
+        are gone.  Idempotent.
+        """
+        if self._shutdown is not None:
+            return self._chain(self._shutdown)
+        self._shutdown = Deferred()
+        done = self._chain(self._shutdown)
+        if not self.connections and not self._refused:
+            self._finishShutdown()
+            return done
+        self.log.info("Shutting down: {count} clients told to go away", count=len(self.connections))
+        for protocol in list(self.connections):
+            protocol.close(CloseCode.GOING_AWAY, "server shutting down", self.random() * spread)
+        self._shutdownCall = self._clock.callLater(timeout, self._abortRemaining)
+        return done
+
+    @staticmethod
+    def _chain(d: Deferred[None]) -> Deferred[None]:
+        """
+        A new Deferred that fires when C{d} does, for each caller.
+        """
+        chained: Deferred[None] = Deferred()
+
+        def fire(result: object) -> object:
+            chained.callback(None)
+            return result
+
+        d.addBoth(fire)
+        return chained
+
+    def _abortRemaining(self) -> None:
+        self._shutdownCall = None
+        remaining = list(self.connections) + list(self._refused)
+        self.log.warn("Shutdown: aborting {count} clients that did not leave", count=len(remaining))
+        for protocol in remaining:
+            protocol.abort(ClosedLocally(CloseCode.GOING_AWAY, "shutdown timeout"))
+
+    def _finishShutdown(self) -> None:
+        if self._shutdownCall is not None and self._shutdownCall.active():
+            self._shutdownCall.cancel()
+        self._shutdownCall = None
+        if self._shutdown is not None and not self._shutdown.called:
+            self._shutdown.callback(None)
+
+
+class ServerProtocol(HeartbeatProtocol):
+    """
+    A server-side protocol that hands messages to its factory's
+    L{KeepaliveServerFactory.messageReceived} hook.
+    """
+
+    def messageReceived(self, message: bytes) -> None:
+        self.factory.messageReceived(self, message)
