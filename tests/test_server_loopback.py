@@ -58,7 +58,7 @@ def endpoint(port: Any) -> TCP4ClientEndpoint:
 def test_silentClientWithOpenSocketIsEvicted() -> Any:
     factory = KeepaliveServerFactory(HeartbeatConfig(interval=0.2, timeout=0.6))
     left: list[DisconnectReason] = []
-    factory.clientDisconnected = lambda protocol, reason: left.append(reason)  # type: ignore[method-assign]
+    factory.clientDisconnected = lambda protocol, reason: left.append(reason)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     try:
         mute = MuteAfterHello()
