@@ -39,6 +39,7 @@ from .errors import (
     RemoteProtocolError,
 )
 from .liveness import Verdict
+from .sweep import IdleSweeper
 from .tcp import applyTCPKeepalive, findSocket
 from .timer import IdleTimer
 
@@ -140,6 +141,7 @@ class HeartbeatProtocol(Protocol):
         self._role = role
         self._clock = clock
         self._timer: IdleTimer | None = None
+        self._sweeper: IdleSweeper | None = None
         self._handshakeCall: IDelayedCall | None = None
         self._closeCall: IDelayedCall | None = None
         self._reason: Exception | None = None
@@ -387,8 +389,14 @@ class HeartbeatProtocol(Protocol):
         if self._handshakeCall is not None and self._handshakeCall.active():
             self._handshakeCall.cancel()
         self._handshakeCall = None
-        assert self._timer is not None
-        self._timer.start()
+        sweeper = getattr(self.factory, "idleSweeper", None)
+        if self.role is Role.SERVER and sweeper is not None:
+            # One shared timer for all of a server's connections.
+            self._sweeper = sweeper
+            sweeper.add(self, self.core.liveness, self._declareDead)  # type: ignore[union-attr]
+        else:
+            assert self._timer is not None
+            self._timer.start()
         self.log.debug(
             "Handshake with {peer} done: interval {interval}s, timeout {timeout}s",
             peer=self.peer,
@@ -422,6 +430,9 @@ class HeartbeatProtocol(Protocol):
         """
         if self._timer is not None:
             self._timer.stop()
+        if self._sweeper is not None:
+            self._sweeper.remove(self)
+            self._sweeper = None
         if self._handshakeCall is not None and self._handshakeCall.active():
             self._handshakeCall.cancel()
         self._handshakeCall = None
@@ -451,22 +462,29 @@ class HeartbeatProtocol(Protocol):
         if verdict is Verdict.PING:
             self._flush()
         elif verdict is Verdict.DEAD:
-            silence = core.liveness.silence(now)
-            timeout = core.liveness.timeout
-            assert timeout is not None
-            self.log.warn(
-                "No data from {peer} for {silence:.3f}s (timeout {timeout}s); aborting",
-                peer=self.peer,
-                silence=silence,
-                timeout=timeout,
-            )
-            self.abort(HeartbeatTimeout(silence, timeout))
+            self._declareDead(now)
             return False
         return True
+
+    def _declareDead(self, now: float) -> None:
+        assert self.core is not None
+        silence = self.core.liveness.silence(now)
+        timeout = self.core.liveness.timeout
+        assert timeout is not None
+        self.log.warn(
+            "No data from {peer} for {silence:.3f}s (timeout {timeout}s); aborting",
+            peer=self.peer,
+            silence=silence,
+            timeout=timeout,
+        )
+        self.abort(HeartbeatTimeout(silence, timeout))
 
     def _cancelTimers(self) -> None:
         if self._timer is not None:
             self._timer.stop()
+        if self._sweeper is not None:
+            self._sweeper.remove(self)
+            self._sweeper = None
         for name in ("_handshakeCall", "_closeCall"):
             call = getattr(self, name)
             if call is not None and call.active():
