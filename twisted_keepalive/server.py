@@ -93,6 +93,17 @@ class ConnectionInfo:
     bytesOut: int
 
 
+class ServerProtocol(HeartbeatProtocol):
+    """
+    The default server-side protocol: hands each message to its factory's
+    L{KeepaliveServerFactory.messageReceived} hook.  Subclass it (or
+    L{HeartbeatProtocol}) to handle messages in the protocol instead.
+    """
+
+    def messageReceived(self, message: bytes) -> None:
+        self.factory.messageReceived(self, message)
+
+
 class KeepaliveServerFactory(ServerFactory):
     """
     Serve L{HeartbeatProtocol} (or a subclass) connections.
@@ -119,7 +130,7 @@ class KeepaliveServerFactory(ServerFactory):
     @ivar counts: disconnects by L{DisconnectReason}.
     """
 
-    protocol = HeartbeatProtocol
+    protocol: type[HeartbeatProtocol] = ServerProtocol
     log = Logger()
 
     def __init__(
@@ -183,8 +194,7 @@ class KeepaliveServerFactory(ServerFactory):
 
     def messageReceived(self, protocol: HeartbeatProtocol, message: bytes) -> None:
         """
-        A client sent a message.  Called by L{ServerProtocol}; a protocol
-        subclass of your own may handle messages itself instead.
+        A client sent a message (with the default L{ServerProtocol}).
         """
 
     # Connection lifecycle
@@ -360,13 +370,3 @@ class KeepaliveServerFactory(ServerFactory):
         self._shutdownCall = None
         if self._shutdown is not None and not self._shutdown.called:
             self._shutdown.callback(None)
-
-
-class ServerProtocol(HeartbeatProtocol):
-    """
-    A server-side protocol that hands messages to its factory's
-    L{KeepaliveServerFactory.messageReceived} hook.
-    """
-
-    def messageReceived(self, message: bytes) -> None:
-        self.factory.messageReceived(self, message)
