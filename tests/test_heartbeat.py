@@ -295,7 +295,9 @@ class DeadPeerTests(ClockTestCase):
 
 class RTTTests(ClockTestCase):
     def test_rttFromPongWithSmoothing(self) -> None:
-        c, _s, pair = makePair(self.clock)
+        c, _s, pair = makePair(
+            self.clock, server=HeartbeatConfig(interval=5.0, timeout=10.0, rttProbeEvery=0)
+        )
         self.clock.advance(1.0)  # first ping written at t=1
         self.clock.advance(0.25)  # ... and answered 0.25 s later
         pair.pump()
@@ -308,6 +310,18 @@ class RTTTests(ClockTestCase):
         self.assertEqual(stats.rttvar, 0.75 * 0.125 + 0.25 * 0.25)
         self.assertEqual((stats.lastRtt, stats.minRtt), (0.5, 0.25))
         self.assertEqual(stats.pongsReceived, 2)
+        c.close()
+        pair.pump()
+
+    def test_serverProbesRttEveryNthPing(self) -> None:
+        c, s, pair = makePair(
+            self.clock, server=HeartbeatConfig(interval=5.0, timeout=10.0, rttProbeEvery=3)
+        )
+        pair.advance(6.0, step=0.25)
+        # Client pings at 1..6; the server probes after the 1st and the 4th.
+        self.assertEqual((s.stats.pingsSent, s.stats.pongsReceived), (2, 2))
+        self.assertEqual(s.stats.srtt, 0.0)  # in memory, no delay
+        self.assertEqual(c.stats.pingsReceived, 2)
         c.close()
         pair.pump()
 
@@ -535,7 +549,7 @@ class BadInputTests(ClockTestCase):
         self.assertEqual(p.messages, [])
 
     def test_pingAnsweredWithExactEcho(self) -> None:
-        s = Recorder(HeartbeatConfig(), role=Role.SERVER, clock=self.clock)
+        s = Recorder(HeartbeatConfig(rttProbeEvery=0), role=Role.SERVER, clock=self.clock)
         transport = StringTransport()
         s.makeConnection(transport)
         s.dataReceived(encodeHello(Hello(1, 1.0, 3.0, 4096)))

@@ -31,6 +31,9 @@ class HeartbeatConfig:
     @ivar clientId: client only: an identifier sent in HELLO.
     @ivar token: a shared secret: a client sends it, a server requires it.
     @ivar tcpKeepalive: kernel-level keepalive for the socket, or L{None}.
+    @ivar rttProbeEvery: server only: also send a PING of our own after
+        every this many client PINGs, to measure the RTT for the registry
+        (the client answers it; 0 turns it off).
     @ivar maxPendingOutput: bytes we may write while the transport reports
         its buffer full (Twisted's producer API) before the peer is judged
         too slow and dropped with SLOW_CONSUMER; bounds memory per
@@ -47,6 +50,7 @@ class HeartbeatConfig:
     token: bytes | None = None
     tcpKeepalive: TCPKeepalive | None = None
     maxPendingOutput: int = 4 << 20
+    rttProbeEvery: int = 10
 
     def __post_init__(self) -> None:
         for name in ("interval", "timeout", "handshakeTimeout", "closeTimeout"):
@@ -67,6 +71,8 @@ class HeartbeatConfig:
             raise ValueError(f"maxFrame must be between {MIN_MAX_FRAME} and 2**32-1")
         if self.clientId is not None and len(self.clientId.encode("utf-8")) > MAX_FIELD_BYTES:
             raise ValueError("clientId must be at most 255 bytes of UTF-8")
+        if self.rttProbeEvery < 0:
+            raise ValueError(f"rttProbeEvery must be >= 0, not {self.rttProbeEvery!r}")
         if self.maxPendingOutput < 0:
             raise ValueError(f"maxPendingOutput must be >= 0, not {self.maxPendingOutput!r}")
         if self.token is not None and not 0 < len(self.token) <= MAX_FIELD_BYTES:

@@ -196,16 +196,19 @@ class KeepaliveConnection:
             return Verdict.IDLE
         verdict = self.liveness.check(now)
         if verdict is Verdict.PING:
-            pingId = self._nextPingId
-            self._nextPingId = (pingId + 1) & 0xFFFFFFFF or 1
-            stamp = int(now * 1_000_000) & 0xFFFFFFFFFFFFFFFF
-            if len(self._outstanding) >= MAX_OUTSTANDING_PINGS:
-                self._outstanding.popleft()
-            self._outstanding.append((pingId, now, stamp))
-            self._emit(encodePing(pingId, stamp), now)
-            self.liveness.pingSent(now)
-            self.pingsSent += 1
+            self._ping(now)
         return verdict
+
+    def _ping(self, now: float) -> None:
+        pingId = self._nextPingId
+        self._nextPingId = (pingId + 1) & 0xFFFFFFFF or 1
+        stamp = int(now * 1_000_000) & 0xFFFFFFFFFFFFFFFF
+        if len(self._outstanding) >= MAX_OUTSTANDING_PINGS:
+            self._outstanding.popleft()
+        self._outstanding.append((pingId, now, stamp))
+        self._emit(encodePing(pingId, stamp), now)
+        self.liveness.pingSent(now)
+        self.pingsSent += 1
 
     # Input
 
@@ -257,6 +260,9 @@ class KeepaliveConnection:
         if isinstance(frame, Ping):
             self.pingsReceived += 1
             self._emit(encodePong(frame.id, frame.timestamp), now)
+            probe = self.config.rttProbeEvery
+            if self.role is Role.SERVER and probe and self.pingsReceived % probe == 1 % probe:
+                self._ping(now)  # a server measures RTT too, now and then
             events.append(PingReceived(now))
         elif isinstance(frame, Pong):
             events.append(PongReceived(self._pong(frame, now)))

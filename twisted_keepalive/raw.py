@@ -101,6 +101,7 @@ class RawHeartbeatProtocol(Protocol):
         self.pingsSent = 0
         self.repliesMatched = 0
         self.peer = "unknown peer"
+        self._open = False
 
     @property
     def clock(self) -> IReactorTime:
@@ -124,6 +125,11 @@ class RawHeartbeatProtocol(Protocol):
         )
         self._timer = IdleTimer(self.clock, self.liveness, self._onTimer)
         self._timer.start()
+        self._open = True
+        # No handshake in a foreign protocol: ready as soon as connected.
+        notify = getattr(self.factory, "heartbeatConnectionReady", None)
+        if notify is not None:
+            notify(self)
 
     def dataReceived(self, data: bytes) -> None:
         now = self.clock.seconds()
@@ -141,10 +147,14 @@ class RawHeartbeatProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None:
             self._timer.stop()
+        self._open = False
         if self._reason is not None:
             reason = Failure(self._reason)
         self.closeReason = reason
         self.connectionClosed(reason)
+        notify = getattr(self.factory, "heartbeatConnectionLost", None)
+        if notify is not None:
+            notify(self, reason)
 
     def rawDataReceived(self, data: bytes) -> None:
         """
@@ -159,6 +169,25 @@ class RawHeartbeatProtocol(Protocol):
     def sendRaw(self, data: bytes) -> None:
         self.liveness.lastSent = self.clock.seconds()
         self.transport.write(data)  # type: ignore[union-attr]
+
+    # The interface KeepaliveClientFactory uses, shared with HeartbeatProtocol.
+
+    @property
+    def isOpen(self) -> bool:
+        return self._open
+
+    def sendMessage(self, message: bytes) -> None:
+        """
+        Write C{message} as it is (there is no framing in a foreign protocol).
+        """
+        self.sendRaw(message)
+
+    def close(self, code: int = 1000, reason: str = "", retryAfter: float | None = None) -> None:
+        """
+        Close the connection (no CLOSE frame: the peer would not understand it).
+        """
+        self._open = False
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _onTimer(self, now: float) -> bool:
         verdict = self.liveness.check(now)

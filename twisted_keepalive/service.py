@@ -1,0 +1,462 @@
+"""
+The services behind C{twistd keepconn}: a client, a server, and the status
+endpoint (C{/status} as JSON, C{/metrics} for Prometheus).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.application import strports
+from twisted.application.service import Service
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import connectionDone
+from twisted.internet.stdio import StandardIO
+from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from .client import ClientState, KeepaliveClientFactory
+from .heartbeat import HeartbeatProtocol
+from .raw import RawHeartbeatProtocol
+from .server import DisconnectReason, KeepaliveServerFactory, ServerProtocol
+
+if TYPE_CHECKING:
+    from .tap import Options
+
+reactor: Any = _reactor
+log = Logger()
+
+RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Totals:
+    """
+    Frames and bytes of connections that have ended, so counters never go
+    down when a connection does.
+    """
+
+    def __init__(self) -> None:
+        self.framesIn = self.framesOut = self.bytesIn = self.bytesOut = 0
+
+    def add(self, protocol: Any) -> None:
+        if isinstance(protocol, HeartbeatProtocol) and protocol.core is not None:
+            core = protocol.core
+            self.framesIn += core.framesIn
+            self.framesOut += core.framesOut
+            self.bytesIn += core.bytesIn
+            self.bytesOut += core.bytesOut
+
+    def withLive(self, live: list[Any]) -> dict[str, int]:
+        result = {
+            "framesIn": self.framesIn,
+            "framesOut": self.framesOut,
+            "bytesIn": self.bytesIn,
+            "bytesOut": self.bytesOut,
+        }
+        for protocol in live:
+            if isinstance(protocol, HeartbeatProtocol) and protocol.core is not None:
+                core = protocol.core
+                result["framesIn"] += core.framesIn
+                result["framesOut"] += core.framesOut
+                result["bytesIn"] += core.bytesIn
+                result["bytesOut"] += core.bytesOut
+        return result
+
+
+# Client
+
+
+class _ClientProtocol(HeartbeatProtocol):
+    def messageReceived(self, message: bytes) -> None:
+        self.factory.service.deliver(message)
+
+    def pongReceived(self, rtt: float) -> None:
+        self.factory.service.rttObserved(rtt, self)
+
+
+class _RawClientProtocol(RawHeartbeatProtocol):
+    def rawDataReceived(self, data: bytes) -> None:
+        service = self.factory.service
+        if service.stdio is not None:
+            service.stdio.write(data)
+        if self.repliesMatched > self._matchesSeen and self.rtt.last is not None:
+            self._matchesSeen = self.repliesMatched
+            service.rttObserved(self.rtt.last, self)
+
+    _matchesSeen = 0
+
+
+class _ClientFactory(KeepaliveClientFactory):
+    service: KeepaliveClientService
+
+    def heartbeatConnectionLost(self, protocol: Any, reason: Failure) -> None:
+        self.service.totals.add(protocol)
+        super().heartbeatConnectionLost(protocol, reason)
+
+
+class _StdinLines(LineReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self, service: KeepaliveClientService) -> None:
+        self.service = service
+
+    def lineReceived(self, line: bytes) -> None:
+        self.service.sendLine(line.rstrip(b"\r"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        log.warn("Standard input line over {limit} bytes dropped", limit=self.MAX_LENGTH)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.service.stdinClosed()
+
+
+class KeepaliveClientService(Service):
+    """
+    Keeps a connection to the configured servers alive; with C{--stdio},
+    pipes lines through it.
+    """
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.mode = "client"
+        self.factory = _ClientFactory(
+            options["heartbeat"],
+            retryPolicy=options.retryPolicy(),
+            servers=options["servers"],
+            failover=options["failover"],
+            stableAfter=options["reset-after"],
+            connectTimeout=options["connect-timeout"],
+            maxRetries=options["max-retries"],
+            queueSize=options["queue-size"],
+        )
+        self.factory.service = self
+        raw = options["raw"]
+        if raw is not None:
+            self.factory.protocol = lambda: _RawClientProtocol(raw)  # type: ignore[assignment,misc]
+        else:
+            self.factory.protocol = _ClientProtocol
+        self.totals = Totals()
+        self.registry = CollectorRegistry()
+        self.rtt = Histogram(
+            "keepalive_rtt_seconds",
+            "Heartbeat round-trip time.",
+            buckets=RTT_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_Collector(self))
+        self.stdio: StandardIO | None = None
+        self._stdinDone = False
+        self.factory.addStateObserver(self._stateChanged)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.options["stdio"]:
+            self.stdio = StandardIO(_StdinLines(self))
+        self.factory.connect()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        protocol = self.factory.connected
+        self.factory.stopTrying()
+        if protocol is None or protocol.transport is None:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        previous = protocol.connectionClosed
+
+        def closed(reason: Failure) -> None:
+            previous(reason)
+            done.callback(None)
+
+        protocol.connectionClosed = closed  # type: ignore[method-assign]
+        return done
+
+    # stdio
+
+    def sendLine(self, line: bytes) -> None:
+        if self.options["raw"] is not None:
+            line += b"\n"
+        try:
+            self.factory.sendMessage(line)
+        except Exception as e:  # QueueFull, or a message over the peer's limit
+            log.warn("Line not sent: {error}", error=str(e))
+
+    def deliver(self, message: bytes) -> None:
+        if self.stdio is not None:
+            self.stdio.write(message + b"\n")
+
+    def stdinClosed(self) -> None:
+        self._stdinDone = True
+        self._stopIfDrained()
+
+    def _stateChanged(self, old: ClientState, new: ClientState) -> None:
+        if new is ClientState.CONNECTED:
+            self._stopIfDrained()
+
+    def _stopIfDrained(self) -> None:
+        # Standard input is done and every line has been written: leave.
+        if self._stdinDone and not self.factory.queue and self.factory.connected is not None:
+            log.info("Standard input closed and every line sent; stopping")
+            reactor.callLater(0.2, reactor.stop)
+
+    # status
+
+    def rttObserved(self, rtt: float, protocol: Any) -> None:
+        self.rtt.observe(rtt)
+        if not self.options["stdio"]:
+            srtt = getattr(getattr(protocol, "rtt", None), "srtt", None)
+            if isinstance(protocol, HeartbeatProtocol):
+                srtt = protocol.stats.srtt
+            log.info(
+                "Heartbeat from {server}: rtt {rtt_ms:.3f} ms (smoothed {srtt_ms:.3f} ms)",
+                server=self.factory.currentServer,
+                rtt_ms=rtt * 1000,
+                srtt_ms=(srtt or 0.0) * 1000,
+            )
+
+    def status(self) -> dict[str, Any]:
+        f = self.factory
+        protocol = f.connected
+        srtt = None
+        if isinstance(protocol, HeartbeatProtocol) and protocol.core is not None:
+            srtt = protocol.stats.srtt
+        elif isinstance(protocol, RawHeartbeatProtocol):
+            srtt = protocol.rtt.srtt
+        return {
+            "mode": "client",
+            "state": "connecting" if f.state is ClientState.IDLE else f.state.value,
+            "server": f.currentServer,
+            "rtt": srtt,
+            "reconnects": f.reconnects,
+            "heartbeat_timeouts": f.heartbeatTimeouts,
+            "connected_since": f.connectedSince,
+            "queued": len(f.queue),
+            "attempts": f.attempts,
+            "failures": f.failures,
+            "last_error": f.lastError,
+            **self.totals.withLive([protocol] if protocol is not None else []),
+        }
+
+
+# Server
+
+
+class _ServerProtocol(ServerProtocol):
+    def pongReceived(self, rtt: float) -> None:
+        self.factory.service.rtt.observe(rtt)
+
+
+class _ModeServerFactory(KeepaliveServerFactory):
+    protocol = _ServerProtocol
+    service: KeepaliveServerService
+    mode = "echo"
+
+    def messageReceived(self, protocol: HeartbeatProtocol, message: bytes) -> None:
+        if self.mode == "echo":
+            protocol.sendMessage(message)
+        elif self.mode == "broadcast":
+            self.broadcast(message, where=lambda p: p is not protocol)
+
+    def clientConnected(self, protocol: HeartbeatProtocol) -> None:
+        log.info("Client {peer} connected", peer=protocol.peer)
+
+    def clientDisconnected(self, protocol: HeartbeatProtocol, reason: DisconnectReason) -> None:
+        self.service.totals.add(protocol)
+        log.info("Client {peer} left: {reason}", peer=protocol.peer, reason=reason.value)
+
+
+class KeepaliveServerService(Service):
+    """
+    Listens, serves, and shuts down gracefully: stop accepting, tell every
+    client to go away (with spread retry-after hints), wait, abort the rest.
+    """
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.mode = "server"
+        self.factory = _ModeServerFactory(
+            options["heartbeat"], maxConnections=options["max-connections"]
+        )
+        self.factory.mode = options["mode"]
+        self.factory.service = self
+        self.totals = Totals()
+        self.registry = CollectorRegistry()
+        self.rtt = Histogram(
+            "keepalive_rtt_seconds",
+            "Round-trip time measured by the server's own probes.",
+            buckets=RTT_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_Collector(self))
+        self.listener = strports.service(options["listen"], self.factory)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.listener.privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        self.listener.startService()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        stopped = self.listener.stopService()
+        shutdown = self.factory.shutdown(timeout=self.options["shutdown-timeout"])
+        return DeferredList([d for d in (stopped, shutdown) if d is not None])
+
+    def status(self) -> dict[str, Any]:
+        f = self.factory
+        return {
+            "mode": "server",
+            "connections": [
+                {
+                    "peer": info.peer,
+                    "client_id": info.clientId,
+                    "connected_since": info.connectedSince,
+                    "last_received": info.lastReceived,
+                    "rtt": info.rtt,
+                }
+                for info in f
+            ],
+            "evictions": f.evictions,
+            "disconnects": {reason.value: n for reason, n in f.counts.items() if n},
+            **self.totals.withLive(list(f.connections)),
+        }
+
+
+# Signals
+
+
+class GracefulSignals(Service):
+    """
+    SIGTERM and SIGINT stop the reactor gracefully and let twistd exit with
+    status 0: the services' own stopService sends CLOSE (a client) or
+    GOING_AWAY (a server) first.  (twistd's own handlers re-raise the signal
+    after shutdown, which makes the exit status 128 + signal.)
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        import signal
+
+        def stop(number: int, frame: Any) -> None:
+            log.info("Received {signal}; stopping gracefully", signal=signal.Signals(number).name)
+            reactor.callFromThread(reactor.stop)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+
+# Status endpoint
+
+
+class _Collector(Collector):
+    """
+    Metrics read from the service at scrape time: nothing is counted twice
+    and nothing on the data path pays for metrics.  prometheus_client's
+    Twisted resource scrapes in a thread; the snapshot is taken in the
+    reactor thread.
+    """
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Any]:
+        status = blockingCallFromThread(reactor, self.service.status)
+        frames = CounterMetricFamily("keepalive_frames", "Frames.", labels=["direction"])
+        frames.add_metric(["in"], status["framesIn"])
+        frames.add_metric(["out"], status["framesOut"])
+        yield frames
+        sizes = CounterMetricFamily("keepalive_bytes", "Bytes on the wire.", labels=["direction"])
+        sizes.add_metric(["in"], status["bytesIn"])
+        sizes.add_metric(["out"], status["bytesOut"])
+        yield sizes
+        if status["mode"] == "client":
+            state = GaugeMetricFamily(
+                "keepalive_client_state", "1 for the current state.", labels=["state"]
+            )
+            for name in ("connecting", "connected", "waiting", "stopped"):
+                state.add_metric([name], 1.0 if status["state"] == name else 0.0)
+            yield state
+            yield CounterMetricFamily(
+                "keepalive_client_reconnects", "Successful reconnections.", status["reconnects"]
+            )
+            yield CounterMetricFamily(
+                "keepalive_client_connect_attempts", "Connection attempts.", status["attempts"]
+            )
+            yield CounterMetricFamily(
+                "keepalive_heartbeat_timeouts",
+                "Connections aborted because the server went silent.",
+                status["heartbeat_timeouts"],
+            )
+            yield GaugeMetricFamily(
+                "keepalive_client_queued_messages",
+                "Messages waiting for a connection.",
+                status["queued"],
+            )
+            if status["rtt"] is not None:
+                yield GaugeMetricFamily(
+                    "keepalive_smoothed_rtt_seconds", "Smoothed RTT (RFC 6298).", status["rtt"]
+                )
+        else:
+            yield GaugeMetricFamily(
+                "keepalive_server_connections", "Live connections.", len(status["connections"])
+            )
+            yield CounterMetricFamily(
+                "keepalive_server_evictions", "Clients evicted for silence.", status["evictions"]
+            )
+            gone = CounterMetricFamily(
+                "keepalive_server_disconnects", "Clients gone, by reason.", labels=["reason"]
+            )
+            for reason in DisconnectReason:
+                gone.add_metric([reason.value], status["disconnects"].get(reason.value, 0))
+            yield gone
+
+
+class _StatusResource(Resource):
+    isLeaf = True
+
+    def __init__(self, service: Any) -> None:
+        super().__init__()
+        self.service = service
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(self.service.status(), indent=2).encode() + b"\n"
+
+
+class StatusService(Service):
+    def __init__(self, description: str, service: Any) -> None:
+        from prometheus_client.twisted import MetricsResource
+
+        root = Resource()
+        root.putChild(b"status", _StatusResource(service))
+        root.putChild(b"metrics", MetricsResource(registry=service.registry))
+        site = Site(root)
+        site.noisy = False
+        self.listener = strports.service(description, site)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.listener.privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        self.listener.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.listener.stopService()

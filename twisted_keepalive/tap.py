@@ -1,0 +1,425 @@
+"""
+The C{twistd keepconn} plugin: command-line options and the service they
+build.
+
+Client mode keeps a connection to C{--host}/C{--connect} alive and reports
+on it; with C{--stdio} it is a resilient netcat, with C{--raw-ping} it keeps
+alive a server that does not speak this protocol.  Server mode (C{--listen})
+serves clients in echo, broadcast or sink mode.  C{--status} adds an HTTP
+endpoint with C{/status} (JSON) and C{/metrics} (Prometheus).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.python import usage
+
+from .backoff import GROWTHS, JITTERS, backoffPolicy
+from .config import HeartbeatConfig
+from .frames import DEFAULT_MAX_FRAME, MIN_MAX_FRAME
+from .raw import RawHeartbeatConfig, unescape
+from .tcp import TCPKeepalive
+
+MODES = ("echo", "broadcast", "sink")
+FAILOVERS = ("order", "round-robin")
+
+
+def _seconds(name: str, allowZero: bool = False) -> Any:
+    def coerce(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds, not {text!r}") from None
+        if not (value >= 0 if allowZero else value > 0) or value != value or value == float("inf"):
+            kind = "zero or more" if allowZero else "a positive number of"
+            raise ValueError(f"{name} must be {kind} seconds, not {text}")
+        return value
+
+    coerce.coerceDoc = "Seconds; fractions allowed."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _count(name: str, minimum: int = 0) -> Any:
+    def coerce(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, not {text!r}") from None
+        if value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, not {value}")
+        return value
+
+    return coerce
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> Any:
+    def coerce(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}; not {text!r}")
+        return text
+
+    coerce.coerceDoc = f"One of: {', '.join(choices)}."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _positiveFactor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--factor must be a number, not {text!r}") from None
+    if not value >= 1:
+        raise ValueError(f"--factor must be at least 1, not {text}")
+    return value
+
+
+class Options(usage.Options):
+    synopsis = (
+        "[options]\n"
+        "  client:  twistd -n keepconn --host HOST --port PORT [--stdio | --raw-ping BYTES]\n"
+        "  server:  twistd -n keepconn --listen tcp:9000 [--mode echo|broadcast|sink]"
+    )
+    longdesc = (
+        "Keep long-lived TCP connections alive: application heartbeats, dead-peer "
+        "detection, jittered reconnection and failover (client mode); idle eviction, "
+        "limits and graceful shutdown (server mode)."
+    )
+
+    optFlags = [
+        [
+            "stdio",
+            None,
+            "Client: send each line of standard input as a message; write each "
+            "message received to standard output.",
+        ],
+    ]
+
+    optParameters = [
+        [
+            "port",
+            "p",
+            None,
+            "Client: port for every --host given without one.",
+            _count("--port", 1),
+        ],
+        [
+            "interval",
+            None,
+            10.0,
+            "Heartbeat interval in seconds (client: proposed; server: the longest allowed).",
+            _seconds("--interval"),
+        ],
+        [
+            "timeout",
+            None,
+            30.0,
+            "Client: seconds of silence before the server is declared dead.",
+            _seconds("--timeout"),
+        ],
+        ["backoff", None, "exponential", "Client: backoff growth.", _choice("--backoff", GROWTHS)],
+        [
+            "initial-delay",
+            None,
+            1.0,
+            "Client: first retry delay in seconds.",
+            _seconds("--initial-delay", allowZero=True),
+        ],
+        [
+            "max-delay",
+            None,
+            60.0,
+            "Client: longest retry delay in seconds, jitter included.",
+            _seconds("--max-delay"),
+        ],
+        ["factor", None, 2.0, "Client: growth factor of exponential backoff.", _positiveFactor],
+        [
+            "jitter",
+            None,
+            "full",
+            "Client: jitter of the retry delay.",
+            _choice("--jitter", JITTERS),
+        ],
+        [
+            "max-retries",
+            None,
+            None,
+            "Client: give up after this many consecutive failures (default: never).",
+            _count("--max-retries"),
+        ],
+        [
+            "reset-after",
+            None,
+            10.0,
+            "Client: seconds a connection must stay up before the backoff resets.",
+            _seconds("--reset-after", allowZero=True),
+        ],
+        [
+            "connect-timeout",
+            None,
+            10.0,
+            "Client: seconds allowed for each connection attempt.",
+            _seconds("--connect-timeout"),
+        ],
+        [
+            "failover",
+            None,
+            "order",
+            "Client: with several servers, start each pass from the "
+            "first (order) or the next (round-robin).",
+            _choice("--failover", FAILOVERS),
+        ],
+        [
+            "tcp-keepalive",
+            None,
+            None,
+            "Kernel keepalive as IDLE,INTERVAL,COUNT (whole seconds, whole seconds, probes).",
+        ],
+        [
+            "user-timeout",
+            None,
+            None,
+            "TCP_USER_TIMEOUT in seconds: give up on unacknowledged data after this long.",
+            _seconds("--user-timeout"),
+        ],
+        ["token", None, None, "Shared secret (client: sent; server: required)."],
+        ["client-id", None, None, "Client: identifier sent to the server."],
+        [
+            "raw-ping",
+            None,
+            None,
+            "Client: keep alive a foreign protocol by sending these bytes "
+            "(escapes such as \\r\\n understood).",
+        ],
+        [
+            "raw-expect",
+            None,
+            None,
+            "Client, with --raw-ping: a regular expression matching the "
+            "server's reply (without it the heartbeat is one-way).",
+        ],
+        [
+            "queue-size",
+            None,
+            1000,
+            "Client: messages kept while disconnected.",
+            _count("--queue-size"),
+        ],
+        [
+            "listen",
+            "l",
+            None,
+            "Server: endpoint to listen on, such as tcp:9000 or "
+            "tcp:9000:interface=127.0.0.1 or ssl:...",
+        ],
+        ["mode", None, "echo", "Server: what to do with messages.", _choice("--mode", MODES)],
+        [
+            "idle-timeout",
+            None,
+            30.0,
+            "Server: seconds of silence before a client is evicted.",
+            _seconds("--idle-timeout"),
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Server: refuse connections beyond this many (default: no limit).",
+            _count("--max-connections", 1),
+        ],
+        [
+            "max-frame",
+            None,
+            DEFAULT_MAX_FRAME,
+            "Largest frame accepted, in bytes.",
+            _count("--max-frame", MIN_MAX_FRAME),
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            5.0,
+            "Server: seconds clients get to leave on shutdown.",
+            _seconds("--shutdown-timeout", allowZero=True),
+        ],
+        [
+            "status",
+            None,
+            None,
+            "HTTP endpoint for /status (JSON) and /metrics (Prometheus), "
+            "such as tcp:9100:interface=127.0.0.1.",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["hosts"] = []
+        self["connect"] = []
+
+    def opt_host(self, value: str) -> None:
+        """Client: server as HOST or HOST:PORT ([v6]:PORT); repeat for failover, in order."""
+        self["hosts"].append(value)
+
+    def opt_connect(self, value: str) -> None:
+        """Client: endpoint such as tcp:host=H:port=P or tls:H:P; repeatable, after --host."""
+        self["connect"].append(value)
+
+    def postOptions(self) -> None:
+        client = bool(self["hosts"] or self["connect"])
+        if client and self["listen"]:
+            raise usage.UsageError(
+                "choose client mode (--host/--connect) or server mode (--listen), not both"
+            )
+        if not client and not self["listen"]:
+            raise usage.UsageError(
+                "give --host HOST --port PORT (client) or --listen ENDPOINT (server)"
+            )
+        self["servers"] = []
+        if client:
+            self._clientOptions()
+        else:
+            self._serverOptions()
+        if self["tcp-keepalive"] is not None:
+            try:
+                keepalive = TCPKeepalive.parse(self["tcp-keepalive"])
+            except ValueError as e:
+                raise usage.UsageError(f"--tcp-keepalive: {e}") from None
+        else:
+            keepalive = None
+        if self["user-timeout"] is not None:
+            keepalive = keepalive or TCPKeepalive()
+            keepalive = TCPKeepalive(
+                keepalive.idle, keepalive.interval, keepalive.count, self["user-timeout"]
+            )
+        self["tcpKeepalive"] = keepalive
+        if self["token"] is not None and not 0 < len(self["token"].encode()) <= 255:
+            raise usage.UsageError("--token must be 1 to 255 bytes")
+        if self["status"] is not None:
+            self._checkServerEndpoint("--status", self["status"])
+        self["heartbeat"] = self._heartbeatConfig(client)
+
+    def _clientOptions(self) -> None:
+        for host in self["hosts"]:
+            name, sep, port = host.rpartition(":")
+            if sep and port.isdigit() and name and not name.endswith(":"):
+                server = host
+                if not 0 < int(port) < 65536:
+                    raise usage.UsageError(f"--host {host}: port {port} is out of range")
+            elif ":" in host and not host.startswith("["):
+                raise usage.UsageError(f"--host {host}: write an IPv6 address as [ADDRESS]:PORT")
+            else:
+                if self["port"] is None:
+                    raise usage.UsageError(
+                        f"--host {host} has no port: add --port PORT or write {host}:PORT"
+                    )
+                server = f"{host}:{self['port']}"
+            self["servers"].append(server)
+        from twisted.internet import reactor
+
+        for description in self["connect"]:
+            try:
+                clientFromString(reactor, description)
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--connect {description}: {e}") from None
+            self["servers"].append(description)
+        if self["timeout"] <= self["interval"]:
+            raise usage.UsageError(
+                f"--timeout ({self['timeout']:g}) must be longer than --interval "
+                f"({self['interval']:g})"
+            )
+        if self["max-delay"] < self["initial-delay"]:
+            raise usage.UsageError(
+                f"--max-delay ({self['max-delay']:g}) must be at least --initial-delay "
+                f"({self['initial-delay']:g})"
+            )
+        if self["raw-expect"] is not None and self["raw-ping"] is None:
+            raise usage.UsageError("--raw-expect needs --raw-ping")
+        self["raw"] = None
+        if self["raw-ping"] is not None:
+            try:
+                ping = unescape(self["raw-ping"])
+                expect = None if self["raw-expect"] is None else self["raw-expect"].encode()
+                if expect is not None:
+                    re.compile(expect)
+                self["raw"] = RawHeartbeatConfig(ping, expect, self["interval"], self["timeout"])
+            except (ValueError, re.error) as e:
+                raise usage.UsageError(f"--raw-ping/--raw-expect: {e}") from None
+
+    def _serverOptions(self) -> None:
+        self._checkServerEndpoint("--listen", self["listen"])
+        if self["idle-timeout"] <= self["interval"]:
+            raise usage.UsageError(
+                f"--idle-timeout ({self['idle-timeout']:g}) must be longer than --interval "
+                f"({self['interval']:g}); twice as long lets a client miss one ping"
+            )
+        for flag in ("stdio",):
+            if self[flag]:
+                raise usage.UsageError(f"--{flag} is a client option")
+        for name in ("raw-ping", "raw-expect", "client-id"):
+            if self[name] is not None:
+                raise usage.UsageError(f"--{name} is a client option")
+
+    @staticmethod
+    def _checkServerEndpoint(flag: str, description: str) -> None:
+        from twisted.internet import reactor
+
+        try:
+            serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"{flag} {description}: {e}") from None
+
+    def _heartbeatConfig(self, client: bool) -> HeartbeatConfig:
+        token = None if self["token"] is None else self["token"].encode()
+        try:
+            if client:
+                return HeartbeatConfig(
+                    interval=self["interval"],
+                    timeout=self["timeout"],
+                    maxFrame=self["max-frame"],
+                    clientId=self["client-id"],
+                    token=token,
+                    tcpKeepalive=self["tcpKeepalive"],
+                )
+            return HeartbeatConfig(
+                interval=self["interval"],
+                timeout=self["idle-timeout"],
+                maxFrame=self["max-frame"],
+                token=token,
+                tcpKeepalive=self["tcpKeepalive"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def retryPolicy(self) -> Any:
+        return backoffPolicy(
+            self["backoff"],
+            self["initial-delay"],
+            self["max-delay"],
+            self["factor"],
+            self["jitter"],
+        )
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the client or server service (and the status endpoint) that the
+    options describe.
+    """
+    from .service import (
+        GracefulSignals,
+        KeepaliveClientService,
+        KeepaliveServerService,
+        StatusService,
+    )
+
+    top = MultiService()
+    GracefulSignals().setServiceParent(top)
+    if options["listen"]:
+        main: Any = KeepaliveServerService(options)
+    else:
+        main = KeepaliveClientService(options)
+    main.setServiceParent(top)
+    if options["status"] is not None:
+        StatusService(options["status"], main).setServiceParent(top)
+    return top
