@@ -301,8 +301,11 @@ class Options(usage.Options):
 
     def _clientOptions(self) -> None:
         for host in self["hosts"]:
-            name, sep, port = host.rpartition(":")
-            if sep and port.isdigit() and name and not name.endswith(":"):
+            bracketed = host.startswith("[") and host.endswith("]")
+            name, sep, port = ("", "", "") if bracketed else host.rpartition(":")
+            if ":" in name and not (name.startswith("[") and name.endswith("]")):
+                raise usage.UsageError(f"--host {host}: write an IPv6 address as [ADDRESS]:PORT")
+            if sep and port.isdigit() and name:
                 server = host
                 if not 0 < int(port) < 65536:
                     raise usage.UsageError(f"--host {host}: port {port} is out of range")
@@ -339,12 +342,15 @@ class Options(usage.Options):
         if self["raw-ping"] is not None:
             try:
                 ping = unescape(self["raw-ping"])
-                expect = None if self["raw-expect"] is None else self["raw-expect"].encode()
-                if expect is not None:
+            except ValueError as e:
+                raise usage.UsageError(f"--raw-ping: {e}") from None
+            expect = None if self["raw-expect"] is None else self["raw-expect"].encode()
+            if expect is not None:
+                try:
                     re.compile(expect)
-                self["raw"] = RawHeartbeatConfig(ping, expect, self["interval"], self["timeout"])
-            except (ValueError, re.error) as e:
-                raise usage.UsageError(f"--raw-ping/--raw-expect: {e}") from None
+                except re.error as e:
+                    raise usage.UsageError(f"--raw-expect {self['raw-expect']}: {e}") from None
+            self["raw"] = RawHeartbeatConfig(ping, expect, self["interval"], self["timeout"])
 
     def _serverOptions(self) -> None:
         self._checkServerEndpoint("--listen", self["listen"])
