@@ -27,6 +27,7 @@ from twisted_keepalive.client import (
     QueueFull,
     ServerList,
 )
+from twisted_keepalive.server import KeepaliveServerFactory
 from twisted_keepalive.testing import MemoryPair
 
 from .helpers import ClockTestCase, Recorder
@@ -49,6 +50,7 @@ class FakeServer:
         self.attempts: list[float] = []
         self.pairs: list[MemoryPair] = []
         self.servers: list[Recorder] = []
+        self.muted: list[tuple[Any, StringTransport]] = []
 
     def connect(self, factory: Any) -> Deferred[Any]:
         self.attempts.append(self.clock.seconds())
@@ -57,7 +59,15 @@ class FakeServer:
         if self.mode == "hang":
             return Deferred(lambda d: None)
         client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        server = Recorder(SERVER, role=Role.SERVER, clock=self.clock)
+        if self.mode == "mute":  # TCP accepted (a frozen server's kernel does that), no HELLO
+            transport = StringTransport()
+            client.makeConnection(transport)
+            self.muted.append((client, transport))
+            return succeed(client)
+        server: Any = Recorder(SERVER, role=Role.SERVER, clock=self.clock)
+        if self.mode == "full":  # refuses at HELLO with CLOSE TOO_MANY_CONNECTIONS
+            full = KeepaliveServerFactory(SERVER, maxConnections=0, clock=self.clock)
+            server = full.buildProtocol(None)
         self.servers.append(server)
         self.pairs.append(MemoryPair(client, server, self.clock).connect())
         return succeed(client)
@@ -239,6 +249,31 @@ class FailoverTests(FactoryTestCase):
         self.assertEqual(factory.currentServer, repr(b))
         # A refused, B accepted: one attempt each after the kill.
         self.assertEqual((len(a.attempts), len(b.attempts)), (2, 1))
+
+    def test_connectTimeoutCoversTheHandshake(self) -> None:
+        a, b = self.server("a", mode="mute"), self.server("b")
+        factory = self.makeFactory(a, b, connectTimeout=2.0)
+        factory.connect()
+        ((client, transport),) = a.muted
+        self.advance(1.875)
+        self.assertIs(factory.state, ClientState.CONNECTING)
+        self.advance(0.125)
+        self.assertTrue(transport.disconnected)  # aborted at the connect timeout
+        client.connectionLost(Failure(ConnectionDone()))
+        # A failed attempt, not a lost connection: B at once, in the same pass.
+        self.assertEqual(factory.currentServer, repr(b))
+        self.assertIs(factory.state, ClientState.CONNECTED)
+        self.assertIn("no connection within 2s", factory.lastError or "")
+        self.assertEqual(b.attempts, [2.0])
+
+    def test_serverFullAtHelloTriesNextAtOnce(self) -> None:
+        a, b = self.server("a", mode="full"), self.server("b")
+        factory = self.makeFactory(a, b)
+        factory.connect()
+        self.assertEqual(factory.currentServer, repr(b))
+        self.assertIs(factory.state, ClientState.CONNECTED)
+        self.assertEqual(factory.failures, 0)
+        self.assertIn("TOO_MANY_CONNECTIONS", factory.lastError or "")
 
     def test_refusedPrimaryTriesNextAtOnce(self) -> None:
         a, b = self.server("a", mode="refuse"), self.server("b")

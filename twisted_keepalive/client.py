@@ -235,6 +235,7 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self._pass: list[int] = []
         self._lastIndex = -1
         self._retryAfter: float | None = None
+        self._pending: Any = None
 
     # Plumbing
 
@@ -312,14 +313,14 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self._setState(ClientState.CONNECTING)
         if not self.continueTrying:
             return  # an observer stopped us
+        self._connectTimer = self._clock.callLater(self.connectTimeout, self._attemptTimedOut)
         attempt = endpoint.connect(self)
-        self._attempt = attempt
-        self._connectTimer = self._clock.callLater(self.connectTimeout, attempt.cancel)
+        if self._connectTimer is not None:
+            self._attempt = attempt
 
         def finished(result: object) -> None:
             if self._attempt is attempt:
                 self._attempt = None
-                self._cancel("_connectTimer")
             if isinstance(result, Failure):
                 if result.check(CancelledError, error.ConnectingCancelledError):
                     if not self.continueTrying:
@@ -341,18 +342,28 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self.currentServer = f"{host}:{port}" if host is not None else str(destination)
         self._setState(ClientState.CONNECTING)
         self._cancel("_connectTimer")
-        self._connectTimer = self._clock.callLater(
-            self.connectTimeout, self._connectorTimedOut, connector
-        )
+        self._connectTimer = self._clock.callLater(self.connectTimeout, self._attemptTimedOut)
 
-    def _connectorTimedOut(self, connector: IConnector) -> None:
+    def _attemptTimedOut(self) -> None:
+        """
+        The attempt did not produce a usable connection (TCP connected and
+        HELLOs exchanged) within the connect timeout.  A frozen server's
+        kernel still accepts connections, so the handshake counts too.
+        """
         self._connectTimer = None
-        transport = getattr(connector, "transport", None)
-        failIfNotConnected = getattr(transport, "failIfNotConnected", None)
-        if failIfNotConnected is not None:
-            failIfNotConnected(ConnectTimeout(f"no connection within {self.connectTimeout:g}s"))
-        else:
-            connector.stopConnecting()
+        timeout = ConnectTimeout(f"no connection within {self.connectTimeout:g}s")
+        pending = self._pending
+        if pending is not None and pending.transport is not None:
+            pending.abort(timeout)
+        elif self._attempt is not None:
+            self._attempt.cancel()
+        elif self.connector is not None:
+            transport = getattr(self.connector, "transport", None)
+            failIfNotConnected = getattr(transport, "failIfNotConnected", None)
+            if failIfNotConnected is not None:
+                failIfNotConnected(timeout)
+            else:
+                self.connector.stopConnecting()
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         self.connector = connector
@@ -382,12 +393,14 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
     # Protocol events
 
     def buildProtocol(self, addr: Any) -> HeartbeatProtocol:
-        self._cancel("_connectTimer")
         p = self.protocol()
         p.factory = self
+        self._pending = p  # connected, not yet usable: the connect timer still runs
         return p
 
     def heartbeatConnectionReady(self, protocol: HeartbeatProtocol) -> None:
+        self._cancel("_connectTimer")
+        self._pending = None
         self.connected = protocol
         self.connectedSince = self._clock.seconds()
         self._handshakes += 1
@@ -411,27 +424,34 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self.resetDelay()  # type: ignore[no-untyped-call]
 
     def heartbeatConnectionLost(self, protocol: HeartbeatProtocol, reason: Failure) -> None:
+        hint = reason.value.retryAfter if isinstance(reason.value, PeerClosed) else None
+        if protocol is self._pending:
+            # It never became usable (refused at HELLO, handshake timeout):
+            # a failed attempt, so the pass goes on to the next server.
+            self._pending = None
+            self._connectionFailed(reason, hint, schedule=self.servers is not None)
+            return
         self.connected = None
         self.connectedSince = None
         self._cancel("_stableCall")
         if reason.check(HeartbeatTimeout):
             self.heartbeatTimeouts += 1
-        self._retryAfter = None
+        self._retryAfter = hint
         self.lastError = f"{type(reason.value).__name__}: {reason.value}"
-        if isinstance(reason.value, PeerClosed):
-            self._retryAfter = reason.value.retryAfter
         self.log.info(
             "Lost connection to {server}: {reason}", server=self.currentServer, reason=reason.value
         )
         self._pass = []
-        if self._retryAfter == 0 and self.servers is not None:
+        if hint == 0 and self.servers is not None:
             # "Go elsewhere now": the other servers, at once.
             count = len(self.servers)
             self._pass = [(self._lastIndex + i) % count for i in range(1, count)]
         if self.servers is not None:
             self._scheduleRetry()
 
-    def _connectionFailed(self, reason: Failure) -> None:
+    def _connectionFailed(
+        self, reason: Failure, hint: float | None = None, schedule: bool = True
+    ) -> None:
         self._cancel("_connectTimer")
         self.lastError = reason.getErrorMessage()
         self.log.info(
@@ -439,8 +459,9 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             server=self.currentServer,
             reason=reason.getErrorMessage(),
         )
-        self._retryAfter = None
-        self._scheduleRetry()
+        self._retryAfter = hint
+        if schedule:
+            self._scheduleRetry()
 
     def _scheduleRetry(self) -> None:
         # User code (state observers, whenConnected callbacks) runs last,
@@ -541,6 +562,9 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         if self._attempt is not None:
             attempt, self._attempt = self._attempt, None
             attempt.cancel()
+        if self._pending is not None and self._pending.transport is not None:
+            self._pending.abort(ConnectTimeout("stopped before the handshake"))
+        self._pending = None
         if self.connector is not None:
             with contextlib.suppress(error.NotConnectingError):
                 self.connector.stopConnecting()

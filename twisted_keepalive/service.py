@@ -16,7 +16,7 @@ from twisted.application import strports
 from twisted.application.service import Service
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.protocol import connectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.stdio import StandardIO
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
@@ -24,6 +24,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from .client import ClientState, KeepaliveClientFactory
 from .heartbeat import HeartbeatProtocol
@@ -104,7 +105,13 @@ class _ClientFactory(KeepaliveClientFactory):
         super().heartbeatConnectionLost(protocol, reason)
 
 
+@implementer(IHalfCloseableProtocol)
 class _StdinLines(LineReceiver):
+    """
+    Lines from standard input.  Half-closeable: at end of input, standard
+    output stays open for the replies still to come.
+    """
+
     delimiter = b"\n"
     MAX_LENGTH = 1 << 20
 
@@ -117,8 +124,11 @@ class _StdinLines(LineReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         log.warn("Standard input line over {limit} bytes dropped", limit=self.MAX_LENGTH)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
+    def readConnectionLost(self) -> None:
         self.service.stdinClosed()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
 
 class KeepaliveClientService(Service):

@@ -1,0 +1,290 @@
+"""
+End to end: real `twistd -n keepconn` processes on 127.0.0.1 (pytest only).
+
+Every process started is killed and reaped in the test's `finally`, even
+when an assertion fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Twistd(ProcessProtocol):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.out = bytearray()
+        self.err = bytearray()
+        self.ended: Deferred[int | None] = Deferred()
+        self.exitCode: int | None = None
+        self.running = True
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.running = False
+        self.exitCode = reason.value.exitCode
+        self.ended.callback(self.exitCode)
+
+    def signal(self, name: str) -> None:
+        if self.running:
+            number = getattr(signal, "SIG" + name)
+            self.transport.signalProcess(int(number))
+
+
+class Processes:
+    """
+    Starts twistd processes and guarantees they are gone afterwards.
+    """
+
+    def __init__(self) -> None:
+        self.all: list[Twistd] = []
+        self.dir = tempfile.mkdtemp(prefix="keepconn-e2e-")
+
+    def start(self, name: str, *args: str, logfile: bool = False) -> Twistd:
+        process = Twistd(name)
+        argv = [TWISTD, "-n", "--pidfile="]
+        if logfile:
+            argv.append(f"--logfile={os.path.join(self.dir, name + '.log')}")
+        argv += ["keepconn", *args]
+        reactor.spawnProcess(process, TWISTD, argv, env=dict(os.environ), path=self.dir)
+        self.all.append(process)
+        return process
+
+    def log(self, name: str) -> str:
+        with open(os.path.join(self.dir, name + ".log")) as f:
+            return f.read()
+
+    @pytest_twisted.inlineCallbacks
+    def cleanup(self) -> Any:
+        for p in self.all:
+            if p.running:
+                p.signal("CONT")
+                p.signal("KILL")
+        yield gatherResults([p.ended for p in self.all])
+
+
+def get(url: str) -> Deferred[bytes]:
+    def fetch() -> bytes:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bytes(response.read())
+
+    return deferToThread(fetch)
+
+
+@pytest_twisted.inlineCallbacks
+def status(port: int) -> Any:
+    body = yield get(f"http://127.0.0.1:{port}/status")
+    return json.loads(body)
+
+
+@pytest_twisted.inlineCallbacks
+def waitFor(check: Callable[[], Deferred[bool]], timeout: float, what: str) -> Any:
+    """
+    Poll C{check} every 50 ms; return the seconds it took, fail after C{timeout}.
+    """
+    started = reactor.seconds()
+    while True:
+        try:
+            ok = yield check()
+        except Exception:
+            ok = False
+        if ok:
+            return reactor.seconds() - started
+        if reactor.seconds() - started > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        yield deferLater(reactor, 0.05, lambda: None)
+
+
+def clientIs(statusPort: int, state: str, server: str | None = None) -> Any:
+    @pytest_twisted.inlineCallbacks
+    def check() -> Any:
+        s = yield status(statusPort)
+        return s["state"] == state and (server is None or s["server"] == server)
+
+    return check
+
+
+def listening(statusPort: int) -> Any:
+    @pytest_twisted.inlineCallbacks
+    def check() -> Any:
+        s = yield status(statusPort)
+        return s["mode"] == "server"
+
+    return check
+
+
+FAST_CLIENT = [
+    "--interval",
+    "0.2",
+    "--timeout",
+    "0.8",
+    "--initial-delay",
+    "0.1",
+    "--max-delay",
+    "0.5",
+    "--connect-timeout",
+    "1",
+    "--reset-after",
+    "0.5",
+]
+
+
+def server(procs: Processes, name: str, port: int, statusPort: int, *extra: str) -> Twistd:
+    return procs.start(
+        name,
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--status",
+        f"tcp:{statusPort}:interface=127.0.0.1",
+        "--interval",
+        "1",
+        "--idle-timeout",
+        "3",
+        *extra,
+    )
+
+
+@pytest_twisted.inlineCallbacks
+def test_connectStatusMetricsKillRestartAndSigterm() -> Any:
+    procs = Processes()
+    try:
+        port, sStatus, cStatus = freePort(), freePort(), freePort()
+        srv = server(procs, "server", port, sStatus)
+        yield waitFor(listening(sStatus), 20, "the server")
+        cli = procs.start(
+            "client",
+            "--host",
+            f"127.0.0.1:{port}",
+            "--client-id",
+            "e2e",
+            "--status",
+            f"tcp:{cStatus}:interface=127.0.0.1",
+            *FAST_CLIENT,
+        )
+        yield waitFor(clientIs(cStatus, "connected"), 20, "the client to connect")
+        yield deferLater(reactor, 0.5, lambda: None)  # a few heartbeats
+
+        s = yield status(cStatus)
+        assert s["mode"] == "client" and s["server"] == f"127.0.0.1:{port}"
+        assert s["rtt"] is not None and 0 < s["rtt"] < 0.5
+        assert s["reconnects"] == 0 and s["heartbeat_timeouts"] == 0 and s["queued"] == 0
+        assert isinstance(s["connected_since"], float)
+        t = yield status(sStatus)
+        (conn,) = t["connections"]
+        assert conn["client_id"] == "e2e" and conn["peer"].startswith("127.0.0.1:")
+        assert set(conn) >= {"peer", "client_id", "connected_since", "last_received", "rtt"}
+        assert t["evictions"] == 0
+
+        for statusPort, wanted in (
+            (cStatus, "keepalive_client_state"),
+            (sStatus, "keepalive_server_connections"),
+        ):
+            text = yield get(f"http://127.0.0.1:{statusPort}/metrics")
+            families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+            assert wanted in families
+            assert "keepalive_rtt_seconds" in families
+            assert "keepalive_frames" in families
+
+        # SIGKILL the server, restart it on the same port: the client is back.
+        srv.signal("KILL")
+        yield srv.ended
+        yield waitFor(clientIs(cStatus, "waiting"), 5, "the client to notice")
+        srv = server(procs, "server2", port, sStatus)
+        yield waitFor(listening(sStatus), 20, "the restarted server")
+        took = yield waitFor(clientIs(cStatus, "connected"), 5, "the client to come back")
+        assert took <= 0.5 + 0.5  # at most --max-delay after the server is up, plus polling
+        s = yield status(cStatus)
+        assert s["reconnects"] == 1
+
+        cli.signal("TERM")
+        srv.signal("TERM")
+        codes = yield gatherResults([cli.ended, srv.ended])
+        assert codes == [0, 0], (cli.err.decode()[-2000:], srv.err.decode()[-2000:])
+    finally:
+        yield procs.cleanup()
+
+
+@pytest_twisted.inlineCallbacks
+def test_frozenServerDetectedAndFailedOver() -> Any:
+    procs = Processes()
+    try:
+        portA, portB, statusA, statusB, cStatus = (freePort() for _ in range(5))
+        a = server(procs, "a", portA, statusA)
+        server(procs, "b", portB, statusB)
+        yield waitFor(listening(statusA), 20, "server A")
+        yield waitFor(listening(statusB), 20, "server B")
+        procs.start(
+            "client",
+            "--host",
+            f"127.0.0.1:{portA}",
+            "--host",
+            f"127.0.0.1:{portB}",
+            "--status",
+            f"tcp:{cStatus}:interface=127.0.0.1",
+            *FAST_CLIENT,
+        )
+        yield waitFor(clientIs(cStatus, "connected", f"127.0.0.1:{portA}"), 20, "client on A")
+        yield deferLater(reactor, 0.3, lambda: None)
+        a.signal("STOP")  # frozen: no FIN, no RST, the socket stays open
+        took = yield waitFor(
+            clientIs(cStatus, "connected", f"127.0.0.1:{portB}"), 10, "the client on B"
+        )
+        # Detection (--timeout 0.8), one backoff (<= 0.5), a connect timeout on A (1 s:
+        # its backlog still accepts, the handshake never completes), then B.
+        assert took <= 0.8 + 0.5 + 1.0 + 3.0, took
+        s = yield status(cStatus)
+        assert s["heartbeat_timeouts"] == 1
+    finally:
+        yield procs.cleanup()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stdioLinesArriveAndComeBack() -> Any:
+    procs = Processes()
+    try:
+        port, sStatus = freePort(), freePort()
+        server(procs, "server", port, sStatus)
+        yield waitFor(listening(sStatus), 20, "the server")
+        cli = procs.start(
+            "client", "--host", f"127.0.0.1:{port}", "--stdio", *FAST_CLIENT, logfile=True
+        )
+        lines = [f"line {i}".encode() for i in range(20)]
+        for line in lines:
+            cli.transport.write(line + b"\n")
+        cli.transport.closeStdin()
+        code = yield cli.ended
+        assert code == 0, cli.err.decode()[-2000:]
+        # The echo server sent every line back, in order, one per line.
+        assert cli.out.decode().splitlines() == [line.decode() for line in lines]
+        assert "every line sent" in procs.log("client")
+    finally:
+        yield procs.cleanup()
