@@ -3,15 +3,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${KEEPALIVE_VENV:-.venv}"
-want="$(python3 -c 'import hashlib,sys; print(hashlib.sha256(open("pyproject.toml","rb").read()).hexdigest())')"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
+want="$(python3 -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml","rb").read()).hexdigest())')"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$want" ]; then
-  echo "Setting up $VENV (first run only)..." >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-  # compat mode: a plain path entry. The default (strict) editable finder maps
-  # our twisted/plugins and so hides the real twisted package.
-  "$VENV/bin/python" -m pip install --quiet -e ".[test,dev]" --config-settings editable_mode=compat >&2
+  echo "Setting up $VENV (first run only; details in $VENV.setup.log)..." >&2
+  {
+    python3 -m venv "$VENV" &&
+    "$VENV/bin/python" -m pip install --upgrade pip &&
+    # compat mode: a plain path entry. The default (strict) editable finder
+    # maps our twisted/plugins and so hides the real twisted package.
+    "$VENV/bin/python" -m pip install -e ".[test,dev]" --config-settings editable_mode=compat
+  } > "$VENV.setup.log" 2>&1 || { cat "$VENV.setup.log" >&2; echo "Setup failed." >&2; exit 1; }
   echo "$want" > "$VENV/.installed"
 fi
-case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
 export PATH="$VENV/bin:$PATH"

@@ -1,143 +1,163 @@
 """
-A two-minute tour on 127.0.0.1: a server and a client heartbeat; the server
-freezes (stops reading, sends nothing, closes nothing: what a hung process
-or a dropped NAT mapping looks like); the client notices within its
-timeout, retries with backoff while the server is down, and is back as soon
-as the server returns.
+The tour behind C{./scripts/demo}: two real C{twistd -n keepconn}
+processes on 127.0.0.1, a server and a client.  The server freezes (SIGSTOP:
+it sends nothing and closes nothing, like a hung process or a dropped NAT
+mapping); the client's heartbeat notices within its timeout; the server is
+killed and restarted on the same port; the client recovers by itself.
+Everything shown is read from the client's own C{/status} endpoint.
 
 Run it with C{python -m twisted_keepalive.demo}.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from typing import Any
 
-from twisted.internet import reactor as _reactor
-from twisted.internet.protocol import ServerFactory
-from twisted.python.failure import Failure
-
-from .backoff import backoffPolicy
-from .client import ClientState, KeepaliveClientFactory
-from .config import HeartbeatConfig
-from .heartbeat import HeartbeatProtocol
-
-reactor: Any = _reactor
-START = reactor.seconds()
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+START = time.monotonic()
 
 
 def say(message: str) -> None:
-    print(f"[{reactor.seconds() - START:6.2f}s] {message}", flush=True)
+    print(f"[{time.monotonic() - START:5.1f}s] {message}", flush=True)
 
 
-class EchoServer(HeartbeatProtocol):
-    def messageReceived(self, message: bytes) -> None:
-        self.sendMessage(message)
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-class DemoServerFactory(ServerFactory):
-    protocol = EchoServer
-    heartbeatConfig = HeartbeatConfig(interval=1.0, timeout=4.0)
-
-    def __init__(self) -> None:
-        self.live: list[HeartbeatProtocol] = []
-
-    def buildProtocol(self, addr: Any) -> HeartbeatProtocol:
-        p = EchoServer()
-        p.factory = self
-        self.live.append(p)
-        return p
-
-
-class DemoClient(HeartbeatProtocol):
-    def pongReceived(self, rtt: float) -> None:
-        stats = self.stats
-        say(
-            f"heartbeat: PONG, rtt {rtt * 1000:.3f} ms "
-            f"(srtt {(stats.srtt or 0) * 1000:.3f} ms, {stats.pingsSent} pings sent)"
-        )
-
-    def messageReceived(self, message: bytes) -> None:
-        say(f"message echoed back: {message.decode()}")
-
-    def connectionClosed(self, reason: Failure) -> None:
-        say(f"connection lost: {type(reason.value).__name__}: {reason.value}")
+def status(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=1) as r:
+            result: dict[str, Any] = json.loads(r.read())
+            return result
+    except OSError:
+        return None
 
 
 class Demo:
     def __init__(self) -> None:
-        self.serverFactory = DemoServerFactory()
-        self.port: Any = reactor.listenTCP(0, self.serverFactory, interface="127.0.0.1")
-        self.portNumber = self.port.getHost().port
-        self.client = KeepaliveClientFactory(
-            HeartbeatConfig(interval=0.5, timeout=1.5),
-            servers=[f"127.0.0.1:{self.portNumber}"],
-            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=2.0, jitter="equal"),
-            stableAfter=2.0,
-            connectTimeout=2.0,
+        self.dir = tempfile.mkdtemp(prefix="keepconn-demo-")
+        self.port, self.serverStatus, self.clientStatus = freePort(), freePort(), freePort()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.lastLine = ""
+
+    def twistd(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        argv = [TWISTD, "-n", "--pidfile=", f"--logfile={self.dir}/{name}.log", "keepconn", *args]
+        say("$ twistd -n keepconn " + " ".join(args))
+        process = subprocess.Popen(argv, cwd=self.dir)
+        self.processes.append(process)
+        return process
+
+    def startServer(self, name: str) -> subprocess.Popen[bytes]:
+        process = self.twistd(
+            name,
+            f"--listen=tcp:{self.port}:interface=127.0.0.1",
+            f"--status=tcp:{self.serverStatus}:interface=127.0.0.1",
+            "--interval=1",
+            "--idle-timeout=4",
         )
-        self.client.protocol = DemoClient
-        self.client.addStateObserver(self.stateChanged)
-        self.recovered = False
-        self.frozenAt: float | None = None
+        self.waitFor(lambda: status(self.serverStatus) is not None, 20, "the server")
+        return process
 
-    def stateChanged(self, old: ClientState, new: ClientState) -> None:
-        detail = ""
-        if new is ClientState.WAITING and self.client.lastDelay is not None:
-            detail = f" (next attempt in {self.client.lastDelay:.2f}s)"
-            if old is ClientState.CONNECTING:
-                detail += f" after: {self.client.lastError}"
-        if new is ClientState.CONNECTED:
-            detail = f" to {self.client.currentServer}"
-        say(f"client state: {old.value} -> {new.value}{detail}")
-        if new is ClientState.CONNECTED and self.frozenAt is not None and not self.recovered:
-            self.recovered = True
-            say(f"recovered {reactor.seconds() - self.frozenAt:.2f}s after the freeze")
-            self.client.sendMessage(b"hello again")
-            reactor.callLater(1.6, self.finish)
+    def show(self) -> dict[str, Any] | None:
+        s = status(self.clientStatus)
+        if s is None:
+            return None
+        rtt = "-" if s["rtt"] is None else f"{s['rtt'] * 1000:.2f} ms"
+        line = (
+            f"client: {s['state']:<10} server {s['server']}  smoothed RTT {rtt}  "
+            f"reconnects {s['reconnects']}  heartbeat timeouts {s['heartbeat_timeouts']}"
+        )
+        if s["state"] == "waiting" and s["last_error"]:
+            line += f"  (last: {s['last_error'][:60]})"
+        if line != self.lastLine:
+            say(line)
+            self.lastLine = line
+        return s
 
-    def start(self) -> None:
-        say(f"server listening on 127.0.0.1:{self.portNumber}; client interval 0.5s, timeout 1.5s")
-        self.client.connect()
-        reactor.callLater(0.3, self.client.sendMessage, b"hello")
-        reactor.callLater(2.2, self.freeze)
-        reactor.callLater(6.0, self.restart)
-        reactor.callLater(20.0, self.fail)
+    def waitFor(self, check: Any, timeout: float, what: str) -> float:
+        started = time.monotonic()
+        while not check():
+            if time.monotonic() - started > timeout:
+                raise SystemExit(f"FAILED: no {what} within {timeout:g}s (logs in {self.dir})")
+            time.sleep(0.1)
+        return time.monotonic() - started
 
-    def freeze(self) -> None:
-        self.frozenAt = reactor.seconds()
-        say("server FREEZES: it stops reading and stops accepting; no FIN, no RST")
-        for p in self.serverFactory.live:
-            if p.transport is not None:
-                p.transport.pauseProducing()  # type: ignore[attr-defined]
-        self.port.stopListening()
+    def watch(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.show()
+            time.sleep(0.1)
 
-    def restart(self) -> None:
-        say(f"server restarts on the same port {self.portNumber}")
-        for p in self.serverFactory.live:
-            if p.transport is not None:
-                p.transport.abortConnection()  # type: ignore[attr-defined]
-        self.serverFactory.live.clear()
-        self.port = reactor.listenTCP(self.portNumber, self.serverFactory, interface="127.0.0.1")
+    def run(self) -> int:
+        server = self.startServer("server")
+        self.twistd(
+            "client",
+            f"--host=127.0.0.1:{self.port}",
+            f"--status=tcp:{self.clientStatus}:interface=127.0.0.1",
+            "--interval=0.5",
+            "--timeout=1.5",
+            "--initial-delay=0.5",
+            "--max-delay=2",
+            "--jitter=equal",
+            "--connect-timeout=2",
+            "--reset-after=2",
+        )
+        self.waitFor(lambda: (self.show() or {}).get("state") == "connected", 20, "connection")
+        self.watch(2.0)
 
-    def finish(self) -> None:
-        say("done: heartbeats, a detected outage, backoff, and recovery")
-        self.client.stopTrying()
-        reactor.callLater(0.2, reactor.stop)
+        say("server FREEZES (SIGSTOP): no FIN, no RST, its socket stays open")
+        frozen = time.monotonic()
+        server.send_signal(signal.SIGSTOP)
+        self.waitFor(lambda: (self.show() or {}).get("heartbeat_timeouts") == 1, 10, "detection")
+        say(f"detected {time.monotonic() - frozen:.2f}s after the freeze (timeout 1.5s)")
+        self.watch(1.5)
 
-    def fail(self) -> None:
-        say("FAILED: the client did not recover within 20 s")
-        self.client.stopTrying()
-        reactor.stop()
-        self.exitCode = 1
+        say("server killed (SIGKILL) and restarted on the same port")
+        server.kill()
+        server.wait()
+        restarted = time.monotonic()
+        server = self.startServer("server2")
+        self.waitFor(
+            lambda: (s := self.show()) is not None and s["state"] == "connected", 10, "recovery"
+        )
+        say(f"recovered {time.monotonic() - restarted:.2f}s after the restart began")
+        self.watch(1.5)
+
+        say("stopping both with SIGTERM (graceful: CLOSE and GOING_AWAY are sent)")
+        codes = []
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                codes.append(process.wait(timeout=10))
+        say(f"exit codes {codes}; logs in {self.dir}")
+        return 0 if all(code == 0 for code in codes) else 1
+
+    def cleanup(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+                process.wait()
 
 
 def main() -> int:
     demo = Demo()
-    demo.exitCode = 0
-    reactor.callWhenRunning(demo.start)
-    reactor.run()
-    return demo.exitCode
+    try:
+        return demo.run()
+    finally:
+        demo.cleanup()
 
 
 if __name__ == "__main__":
