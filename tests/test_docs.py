@@ -43,3 +43,13 @@ class GuideTests(SynchronousTestCase):
             )
             self.assertEqual(result.returncode, 0, f"{path.name}: {result.stderr}")
             self.assertIn(EXPECTED_OUTPUT[path.name], result.stdout, path.name)
+
+
+class OperationsPageTests(SynchronousTestCase):
+    def test_everyOptionIsDocumented(self) -> None:
+        from twisted_keepalive.tap import Options
+
+        page = (ROOT / "docs" / "operations.md").read_text()
+        names = {name for name, *_ in Options.optParameters} | {"host", "connect", "stdio"}
+        for name in names:
+            self.assertIn(f"--{name}", page, name)
