@@ -240,3 +240,49 @@ class MakeServiceTests(SynchronousTestCase):
 
         names = [p.tapname for p in getPlugins(IServiceMaker)]
         self.assertIn("keepconn", names)
+
+
+class ServerModeTests(SynchronousTestCase):
+    """
+    --mode echo, broadcast and sink, with in-memory clients.
+    """
+
+    def run_mode(self, mode: str) -> list[list[bytes]]:
+        from twisted.internet.task import Clock
+
+        from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol, Role
+        from twisted_keepalive.testing import MemoryPair
+
+        clock = Clock()
+        service = makeService(parse("--listen", "tcp:0:interface=127.0.0.1", "--mode", mode))
+        server = list(IServiceCollection(service))[1]
+        assert isinstance(server, KeepaliveServerService)
+        server.factory.clock = clock
+        received: list[list[bytes]] = [[], [], []]
+
+        class Client(HeartbeatProtocol):
+            def messageReceived(self, message: bytes) -> None:
+                received[self.index].append(message)
+
+        pairs = []
+        for index in range(3):
+            client = Client(HeartbeatConfig(interval=1, timeout=3), role=Role.CLIENT, clock=clock)
+            client.index = index
+            pairs.append(MemoryPair(client, server.factory.buildProtocol(None), clock).connect())
+        pairs[0].client.sendMessage(b"from 0")
+        for pair in pairs:
+            pair.pump()
+        for pair in pairs:
+            pair.clientTransport.loseConnection()
+            pair.pump()
+        self.assertEqual([c for c in clock.getDelayedCalls() if c.active()], [])
+        return received
+
+    def test_echo(self) -> None:
+        self.assertEqual(self.run_mode("echo"), [[b"from 0"], [], []])
+
+    def test_broadcast(self) -> None:
+        self.assertEqual(self.run_mode("broadcast"), [[], [b"from 0"], [b"from 0"]])
+
+    def test_sink(self) -> None:
+        self.assertEqual(self.run_mode("sink"), [[], [], []])
