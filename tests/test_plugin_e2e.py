@@ -288,3 +288,22 @@ def test_stdioLinesArriveAndComeBack() -> Any:
         assert "every line sent" in procs.log("client")
     finally:
         yield procs.cleanup()
+
+
+@pytest_twisted.inlineCallbacks
+def test_portInUseIsOneLineAndNonZero() -> Any:
+    procs = Processes()
+    busy = socket.socket()
+    try:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = procs.start("server", "--listen", f"tcp:{port}:interface=127.0.0.1")
+        code = yield proc.ended
+        output = (proc.out + proc.err).decode()
+        assert code == 1
+        assert f"keepconn: cannot listen on tcp:{port}:interface=127.0.0.1" in output
+        assert "Traceback" not in output
+    finally:
+        busy.close()
+        yield procs.cleanup()

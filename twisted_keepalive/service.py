@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.stdio import StandardIO
 from twisted.internet.threads import blockingCallFromThread
@@ -38,6 +40,41 @@ reactor: Any = _reactor
 log = Logger()
 
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def metricsRegistry(service: Any, rttHelp: str) -> tuple[CollectorRegistry, Histogram]:
+    """
+    A registry of the service's own: an RTT histogram, observed as PONGs
+    arrive, and the collector that reads everything else at scrape time.
+    """
+    registry = CollectorRegistry()
+    rtt = Histogram("keepalive_rtt_seconds", rttHelp, buckets=RTT_BUCKETS, registry=registry)
+    registry.register(_Collector(service))
+    return registry, rtt
+
+
+def _listen(description: str) -> Any:
+    return serverFromString(reactor, description)
+
+
+class _Listener(StreamServerEndpointService):
+    """
+    Listens at start-up; a port that cannot be had stops twistd with one
+    line, not a traceback.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, description: str, factory: Any) -> None:
+        super().__init__(_listen(description), factory)
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            why = e.socketError.strerror if e.socketError is not None else str(e)
+            raise SystemExit(f"keepconn: cannot listen on {self.description}: {why}") from None
 
 
 class Totals:
@@ -157,14 +194,7 @@ class KeepaliveClientService(Service):
         else:
             self.factory.protocol = _ClientProtocol
         self.totals = Totals()
-        self.registry = CollectorRegistry()
-        self.rtt = Histogram(
-            "keepalive_rtt_seconds",
-            "Heartbeat round-trip time.",
-            buckets=RTT_BUCKETS,
-            registry=self.registry,
-        )
-        self.registry.register(_Collector(self))
+        self.registry, self.rtt = metricsRegistry(self, "Heartbeat round-trip time.")
         self.stdio: StandardIO | None = None
         self._stdinDone = False
         self.factory.addStateObserver(self._stateChanged)
@@ -285,7 +315,7 @@ class _ModeServerFactory(KeepaliveServerFactory):
         log.info("Client {peer} left: {reason}", peer=protocol.peer, reason=reason.value)
 
 
-class KeepaliveServerService(Service):
+class KeepaliveServerService(_Listener):
     """
     Listens, serves, and shuts down gracefully: stop accepting, tell every
     client to go away (with spread retry-after hints), wait, abort the rest.
@@ -300,27 +330,13 @@ class KeepaliveServerService(Service):
         self.factory.mode = options["mode"]
         self.factory.service = self
         self.totals = Totals()
-        self.registry = CollectorRegistry()
-        self.rtt = Histogram(
-            "keepalive_rtt_seconds",
-            "Round-trip time measured by the server's own probes.",
-            buckets=RTT_BUCKETS,
-            registry=self.registry,
+        self.registry, self.rtt = metricsRegistry(
+            self, "Round-trip time measured by the server's own probes."
         )
-        self.registry.register(_Collector(self))
-        self.listener = strports.service(options["listen"], self.factory)
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self.listener.privilegedStartService()
-
-    def startService(self) -> None:
-        super().startService()
-        self.listener.startService()
+        super().__init__(options["listen"], self.factory)
 
     def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        stopped = self.listener.stopService()
+        stopped = super().stopService()  # stop accepting first
         shutdown = self.factory.shutdown(timeout=self.options["shutdown-timeout"])
         return DeferredList([d for d in (stopped, shutdown) if d is not None])
 
@@ -448,7 +464,11 @@ class _StatusResource(Resource):
         return json.dumps(self.service.status(), indent=2).encode() + b"\n"
 
 
-class StatusService(Service):
+class StatusService(_Listener):
+    """
+    C{GET /status} (JSON) and C{GET /metrics} (Prometheus) for a service.
+    """
+
     def __init__(self, description: str, service: Any) -> None:
         from prometheus_client.twisted import MetricsResource
 
@@ -457,16 +477,4 @@ class StatusService(Service):
         root.putChild(b"metrics", MetricsResource(registry=service.registry))
         site = Site(root)
         site.noisy = False
-        self.listener = strports.service(description, site)
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self.listener.privilegedStartService()
-
-    def startService(self) -> None:
-        super().startService()
-        self.listener.startService()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return self.listener.stopService()
+        super().__init__(description, site)
