@@ -301,7 +301,8 @@ class KeepaliveConnection:
             if cfg.minInterval is not None:
                 interval = max(interval, cfg.minInterval)
             timeout = cfg.timeout
-            # The server answers pings and evicts the silent; it never pings.
+            # The server answers pings and evicts the silent; it pings only to
+            # sample the RTT (rttProbeEvery), never on a timer.
             self.liveness.timeout = timeout
             reply = Hello(version, interval, timeout, cfg.maxFrame)
             self._emit(encodeHello(reply), now)
