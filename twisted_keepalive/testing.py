@@ -6,15 +6,14 @@ a fault-injecting TCP proxy on loopback for real-socket tests.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionAborted, ConnectionDone
-from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+
+from .faultproxy import Direction, FaultProxy
 
 
 class MemoryPair:
@@ -100,104 +99,4 @@ class MemoryPair:
         return True
 
 
-class _ProxySide(Protocol):
-    """
-    One leg of a proxied connection; forwards to its twin unless blackholed.
-    """
-
-    def __init__(self, proxy: FaultProxy, inbound: bool) -> None:
-        self.proxy = proxy
-        self.inbound = inbound  # True: the leg facing the client
-        self.twin: _ProxySide | None = None
-        self.pending: list[bytes] = []
-        self.lost: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.proxy._legs.add(self)
-        if self.twin is not None and self.pending:
-            self.transport.write(b"".join(self.pending))  # type: ignore[union-attr]
-            self.pending.clear()
-
-    def dataReceived(self, data: bytes) -> None:
-        forward = self.proxy.clientToServer if self.inbound else self.proxy.serverToClient
-        if not forward:
-            return
-        twin = self.twin
-        if twin is None or twin.transport is None:
-            if twin is not None:
-                twin.pending.append(data)
-            return
-        twin.transport.write(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.proxy._legs.discard(self)
-        twin = self.twin
-        if twin is not None and twin.transport is not None and self.proxy.propagateClose:
-            twin.transport.loseConnection()
-        self.lost.callback(None)
-
-
-class FaultProxy:
-    """
-    A TCP proxy on 127.0.0.1 in front of C{target}, for real-socket tests.
-
-    Flip L{clientToServer} or L{serverToClient} off to blackhole a
-    direction: bytes vanish, nothing is closed, as when a NAT or a firewall
-    silently forgets the flow.
-
-    @ivar propagateClose: when one leg closes, close the other.
-    """
-
-    def __init__(self, targetHost: str, targetPort: int, reactor: Any = None) -> None:
-        from twisted.internet import reactor as globalReactor
-
-        self.reactor = reactor if reactor is not None else globalReactor
-        self.targetHost = targetHost
-        self.targetPort = targetPort
-        self.clientToServer = True
-        self.serverToClient = True
-        self.propagateClose = True
-        self._legs: set[_ProxySide] = set()
-        self._port: Any = None
-
-    def blackhole(self, clientToServer: bool = True, serverToClient: bool = True) -> None:
-        if clientToServer:
-            self.clientToServer = False
-        if serverToClient:
-            self.serverToClient = False
-
-    def restore(self) -> None:
-        self.clientToServer = self.serverToClient = True
-
-    def listen(self) -> int:
-        """
-        Start listening on an ephemeral loopback port; return the port number.
-        """
-        proxy = self
-
-        class _Accept(ServerFactory):
-            def buildProtocol(self, addr: Any) -> Protocol:
-                inbound = _ProxySide(proxy, inbound=True)
-                outbound = _ProxySide(proxy, inbound=False)
-                inbound.twin, outbound.twin = outbound, inbound
-                factory = ClientFactory()
-                factory.buildProtocol = lambda addr: outbound  # type: ignore[method-assign]
-                factory.clientConnectionFailed = (  # type: ignore[method-assign]
-                    lambda connector, reason: inbound.transport.loseConnection()  # type: ignore[union-attr]
-                )
-                proxy.reactor.connectTCP(proxy.targetHost, proxy.targetPort, factory)
-                return inbound
-
-        self._port = self.reactor.listenTCP(0, _Accept(), interface="127.0.0.1")
-        return int(self._port.getHost().port)
-
-    def stop(self) -> Deferred[None]:
-        """
-        Stop listening and abort every proxied connection.
-        """
-        waits = [leg.lost for leg in self._legs]
-        for leg in list(self._legs):
-            if leg.transport is not None:
-                leg.transport.abortConnection()  # type: ignore[attr-defined]
-        stopped = self._port.stopListening() if self._port is not None else None
-        return DeferredList([*waits, *([stopped] if stopped else [])]).addCallback(lambda _: None)
+__all__ = ["Direction", "FaultProxy", "MemoryPair"]
