@@ -53,9 +53,9 @@ class Deaf(Protocol):
 
 class Setup:
     def __init__(self, serverProtocol: type[Protocol] = Echo) -> None:
-        self.port = reactor.listenTCP(
-            0, ServerFactory.forProtocol(serverProtocol), interface="127.0.0.1"
-        )
+        factory = ServerFactory()
+        factory.protocol = serverProtocol
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.proxy = FaultProxy("127.0.0.1", self.port.getHost().port)
         self.proxyPort = self.proxy.listen()
 
