@@ -1,0 +1,226 @@
+"""
+The fault matrix on real sockets (pytest only): each fault is injected
+through FaultProxy between a KeepaliveClientFactory and a server; the test
+asserts detection within the configured bound and recovery, and records
+how many application messages were sent, echoed back and received.
+
+Settings: interval 0.1 s, timeout 0.4 s, backoff 0.05..0.2 s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.task import LoopingCall, deferLater
+
+from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol
+from twisted_keepalive.backoff import backoffPolicy
+from twisted_keepalive.client import ClientState, KeepaliveClientFactory
+from twisted_keepalive.server import KeepaliveServerFactory
+from twisted_keepalive.testing import FaultProxy
+
+INTERVAL, TIMEOUT, MAX_DELAY = 0.1, 0.4, 0.2
+SLACK = 0.3  # the real reactor's scheduling on a shared machine
+FIGURES: dict[str, dict[str, Any]] = {}
+
+
+class Echo(KeepaliveServerFactory):
+    received = 0
+
+    def messageReceived(self, protocol: HeartbeatProtocol, message: bytes) -> None:
+        self.received += 1
+        protocol.sendMessage(message)
+
+
+class Counting(HeartbeatProtocol):
+    def messageReceived(self, message: bytes) -> None:
+        self.factory.echoed += 1
+
+
+class Rig:
+    """
+    Server, proxy, client and a 50 messages/s application load.
+    """
+
+    def __init__(self, serverFactory: Any = None) -> None:
+        self.server = serverFactory or Echo(HeartbeatConfig(interval=1.0, timeout=2.0))
+        self.port = reactor.listenTCP(0, self.server, interface="127.0.0.1")
+        self.proxy = FaultProxy("127.0.0.1", self.port.getHost().port)
+        self.client = KeepaliveClientFactory(
+            HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT),
+            servers=[f"127.0.0.1:{self.proxy.listen()}"],
+            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=MAX_DELAY),
+            stableAfter=0.3,
+            connectTimeout=0.5,
+        )
+        self.client.protocol = Counting
+        self.client.echoed = 0
+        self.sent = 0
+        self.load = LoopingCall(self.send)
+
+    def send(self) -> None:
+        try:
+            self.client.sendMessage(b"m%d" % self.sent)
+            self.sent += 1
+        except Exception:
+            pass
+
+    @pytest_twisted.inlineCallbacks
+    def start(self) -> Any:
+        self.client.connect()
+        yield self.client.whenConnected()
+        self.load.start(0.02)
+        yield deferLater(reactor, 0.3, lambda: None)
+
+    def until(self, check: Any, timeout: float) -> Deferred[float]:
+        started = reactor.seconds()
+        done: Deferred[float] = Deferred()
+
+        def poll() -> None:
+            if check():
+                done.callback(reactor.seconds() - started)
+            elif reactor.seconds() - started > timeout:
+                done.errback(AssertionError(f"not within {timeout}s"))
+            else:
+                reactor.callLater(0.01, poll)
+
+        poll()
+        return done
+
+    def record(self, name: str, **figures: Any) -> None:
+        FIGURES[name] = {
+            "sent": self.sent,
+            "echoed": self.client.echoed,
+            "server received": getattr(self.server, "received", None),
+            **figures,
+        }
+        print(f"\n{name}: {FIGURES[name]}")
+
+    @pytest_twisted.inlineCallbacks
+    def stop(self) -> Any:
+        if self.load.running:
+            self.load.stop()
+        self.client.stopTrying()
+        yield deferLater(reactor, 0.05, lambda: None)
+        yield self.proxy.stop()
+        yield self.port.stopListening()
+        shutdown = getattr(self.server, "shutdown", None)
+        if shutdown is not None:
+            yield shutdown(timeout=0.5)
+        yield deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def detectAndRecover(name: str, inject: Any, heal: Any) -> Any:
+    rig = Rig()
+    try:
+        yield rig.start()
+        before = rig.client.heartbeatTimeouts
+        inject(rig.proxy)
+        detected = yield rig.until(lambda: rig.client.heartbeatTimeouts > before, TIMEOUT + 2)
+        assert detected <= TIMEOUT + SLACK, detected
+        heal(rig.proxy)
+        recovered = yield rig.until(lambda: rig.client.state is ClientState.CONNECTED, 5)
+        assert recovered <= MAX_DELAY + 0.5 + SLACK, recovered
+        yield deferLater(reactor, 0.2, lambda: None)
+        rig.load.stop()
+        yield deferLater(reactor, 0.2, lambda: None)
+        rig.record(name, detected=round(detected, 3), recovered=round(recovered, 3))
+        assert rig.client.echoed > 0 and rig.sent >= rig.client.echoed
+    finally:
+        yield rig.stop()
+
+
+def test_blackholeBothWays() -> Any:
+    return detectAndRecover("blackhole both ways", lambda p: p.blackhole(), lambda p: p.restore())
+
+
+def test_blackholeClientToServerOnly() -> Any:
+    return detectAndRecover(
+        "blackhole client->server",
+        lambda p: p.blackhole(clientToServer=True, serverToClient=False),
+        lambda p: p.restore(),
+    )
+
+
+def test_blackholeServerToClientOnly() -> Any:
+    return detectAndRecover(
+        "blackhole server->client",
+        lambda p: p.blackhole(clientToServer=False, serverToClient=True),
+        lambda p: p.restore(),
+    )
+
+
+@pytest_twisted.inlineCallbacks
+def test_resetIsNoticedAtOnceAndRecovered() -> Any:
+    rig = Rig()
+    try:
+        yield rig.start()
+        reconnects = rig.client.reconnects
+        rig.proxy.reset()
+        took = yield rig.until(lambda: rig.client.reconnects > reconnects, 5)
+        assert took <= MAX_DELAY + 0.5 + SLACK, took
+        rig.record("reset (RST)", recovered=round(took, 3))
+    finally:
+        yield rig.stop()
+
+
+class Flapper(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_flappingServerMeetsAGrowingDelay() -> Any:
+    flapping = ServerFactory()
+    flapping.protocol = Flapper
+    rig = Rig(flapping)
+    try:
+        rig.client.connect()
+        yield deferLater(reactor, 2.0, lambda: None)
+        attempts = rig.client.attempts
+        # Delays 0.05, 0.1, 0.2, 0.2, ... (full jitter: at most those): a tight
+        # loop would make hundreds of attempts in 2 s.
+        assert attempts <= 40, attempts
+        assert rig.client.failures >= 3
+        rig.record("flapping server", attempts=attempts)
+    finally:
+        yield rig.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_slowReaderBoundedAndStillJudged() -> Any:
+    """
+    The server stops reading (its process is busy): our writes pile up, the
+    client's unsent output stays bounded, and the heartbeat still declares
+    the peer dead on time because it judges by what it receives.
+    """
+
+    class Stalling(Echo):
+        def clientConnected(self, protocol: HeartbeatProtocol) -> None:
+            reactor.callLater(0.2, protocol.transport.pauseProducing)
+
+    rig = Rig(Stalling(HeartbeatConfig(interval=1.0, timeout=30.0)))
+    rig.client.heartbeatConfig = HeartbeatConfig(
+        interval=INTERVAL, timeout=TIMEOUT, maxPendingOutput=256 * 1024
+    )
+    try:
+        rig.client.connect()
+        protocol = yield rig.client.whenConnected()
+        big = b"x" * 65_536
+        started = reactor.seconds()
+        while protocol.isOpen and reactor.seconds() - started < 3:
+            protocol.sendMessage(big)  # far faster than anything drains
+            yield deferLater(reactor, 0.005, lambda: None)
+        took = reactor.seconds() - started
+        reason = protocol.closeReason.value if protocol.closeReason else None
+        assert not protocol.isOpen
+        assert protocol._pendingWhilePaused <= 256 * 1024
+        assert took <= 0.2 + TIMEOUT + SLACK, took
+        rig.record("slow reader", ended_by=type(reason).__name__, after=round(took, 3))
+    finally:
+        yield rig.stop()
