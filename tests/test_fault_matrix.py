@@ -224,3 +224,63 @@ def test_slowReaderBoundedAndStillJudged() -> Any:
         rig.record("slow reader", ended_by=type(reason).__name__, after=round(took, 3))
     finally:
         yield rig.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_unresolvableHostNameIsReportedAndRetried() -> Any:
+    """
+    A name that does not resolve: a clear error, paced retries, nothing
+    sent anywhere (the test's resolver answers "no addresses" itself).
+    """
+    from twisted.internet.interfaces import IHostnameResolver, IHostResolution
+    from zope.interface import implementer
+
+    @implementer(IHostResolution)
+    class Resolution:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def cancel(self) -> None:
+            pass
+
+    @implementer(IHostnameResolver)
+    class Nowhere:
+        asked: list[str] = []
+
+        def resolveHostName(
+            self,
+            resolutionReceiver: Any,
+            hostName: str,
+            portNumber: int = 0,
+            addressTypes: Any = None,
+            transportSemantics: str = "TCP",
+        ) -> Any:
+            self.asked.append(hostName)
+            resolution = Resolution(hostName)
+            resolutionReceiver.resolutionBegan(resolution)
+            resolutionReceiver.resolutionComplete()
+            return resolution
+
+    previous = reactor.installNameResolver(Nowhere())
+    client = KeepaliveClientFactory(
+        HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT),
+        servers=["no-such-host.invalid:9000"],
+        retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=MAX_DELAY),
+    )
+    try:
+        waiter = client.whenConnected(failAfterFailures=3)
+        client.connect()
+        try:
+            yield waiter
+        except Exception as e:
+            failure = e
+        assert type(failure).__name__ == "GaveUp"
+        assert "no-such-host.invalid" in (client.lastError or ""), client.lastError
+        assert client.failures >= 3 and client.state is ClientState.WAITING
+        assert Nowhere.asked and set(Nowhere.asked) == {"no-such-host.invalid"}
+        FIGURES["unresolvable host"] = {"error": client.lastError, "failures": client.failures}
+        print(f"\nunresolvable host: {FIGURES['unresolvable host']}")
+    finally:
+        client.stopTrying()
+        reactor.installNameResolver(previous)
+        yield deferLater(reactor, 0.05, lambda: None)
