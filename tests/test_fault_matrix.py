@@ -284,3 +284,109 @@ def test_unresolvableHostNameIsReportedAndRetried() -> Any:
         client.stopTrying()
         reactor.installNameResolver(previous)
         yield deferLater(reactor, 0.05, lambda: None)
+
+
+def selfSigned(directory: str) -> tuple[str, str]:
+    """
+    A fresh key and self-signed certificate for 127.0.0.1, as PEM files.
+    """
+    import datetime
+    import ipaddress
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certPem = cert.public_bytes(serialization.Encoding.PEM)
+    keyPem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    pem = os.path.join(directory, "server.pem")
+    with open(pem, "wb") as f:
+        f.write(keyPem + certPem)
+    ca = os.path.join(directory, "ca")
+    os.mkdir(ca)
+    with open(os.path.join(ca, "ca.pem"), "wb") as f:
+        f.write(certPem)
+    return pem, ca
+
+
+@pytest_twisted.inlineCallbacks
+def test_tlsHandshakeFailureThenTrustedTls() -> Any:
+    """
+    TLS with a certificate the client does not trust fails cleanly and is
+    retried; trusting it, heartbeats run over TLS.
+    """
+    import tempfile
+
+    from twisted.internet.endpoints import serverFromString
+
+    directory = tempfile.mkdtemp(prefix="keepalive-tls-")
+    pem, ca = selfSigned(directory)
+    server = Echo(HeartbeatConfig(interval=1.0, timeout=2.0))
+    port = yield serverFromString(
+        reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}"
+    ).listen(server)
+    number = port.getHost().port
+    untrusting = trusting = None
+    try:
+        untrusting = KeepaliveClientFactory(
+            HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT),
+            servers=[f"tls:127.0.0.1:{number}"],
+            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=MAX_DELAY),
+            connectTimeout=2.0,
+        )
+        waiter = untrusting.whenConnected(failAfterFailures=2)
+        untrusting.connect()
+        try:
+            yield waiter
+            raise AssertionError("connected to an untrusted certificate")
+        except Exception as e:
+            assert type(e).__name__ == "GaveUp", e
+        assert "certificate verify failed" in (untrusting.lastError or ""), untrusting.lastError
+        untrusting.stopTrying()
+
+        trusting = KeepaliveClientFactory(
+            HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT),
+            servers=[f"tls:127.0.0.1:{number}:trustRoots={ca}"],
+            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=MAX_DELAY),
+        )
+        trusting.connect()
+        protocol = yield trusting.whenConnected()
+        yield deferLater(reactor, 0.35, lambda: None)
+        assert protocol.stats.pongsReceived >= 2
+        FIGURES["tls"] = {
+            "untrusted": untrusting.lastError,
+            "trusted srtt ms": round((protocol.stats.srtt or 0) * 1000, 3),
+        }
+        print(f"\ntls: {FIGURES['tls']}")
+    finally:
+        for factory in (untrusting, trusting):
+            if factory is not None:
+                factory.stopTrying()
+        yield deferLater(reactor, 0.1, lambda: None)
+        yield port.stopListening()
+        yield server.shutdown(timeout=0.5)
+        yield deferLater(reactor, 0.05, lambda: None)
