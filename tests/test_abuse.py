@@ -104,7 +104,7 @@ class Raw(Protocol):
 
     def connectionMade(self) -> None:
         if self.first:
-            self.transport.write(self.first)  # type: ignore[union-attr]
+            self.transport.write(self.first)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
