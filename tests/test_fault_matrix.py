@@ -390,3 +390,44 @@ def test_tlsHandshakeFailureThenTrustedTls() -> Any:
         yield port.stopListening()
         yield server.shutdown(timeout=0.5)
         yield deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_refusedThenServerAppears() -> Any:
+    """
+    Nothing listens yet: each attempt is refused at once, retries are paced
+    by the backoff, and the client connects as soon as the server appears.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        number = s.getsockname()[1]
+    client = KeepaliveClientFactory(
+        HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT),
+        servers=[f"127.0.0.1:{number}"],
+        retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=MAX_DELAY),
+    )
+    server = Echo(HeartbeatConfig(interval=1.0, timeout=2.0))
+    port = None
+    try:
+        client.connect()
+        yield deferLater(reactor, 1.0, lambda: None)
+        assert "refused" in (client.lastError or "").lower(), client.lastError
+        # At most one attempt per delay: 0.05, 0.1, 0.2, 0.2, ... in one second.
+        assert 3 <= client.attempts <= 12, client.attempts
+        attempts = client.attempts
+        port = reactor.listenTCP(number, server, interface="127.0.0.1")
+        appeared = reactor.seconds()
+        yield client.whenConnected()
+        took = reactor.seconds() - appeared
+        assert took <= MAX_DELAY + SLACK, took
+        FIGURES["refused"] = {"attempts in 1 s": attempts, "connected after": round(took, 3)}
+        print(f"\nrefused: {FIGURES['refused']}")
+    finally:
+        client.stopTrying()
+        yield deferLater(reactor, 0.05, lambda: None)
+        if port is not None:
+            yield port.stopListening()
+        yield server.shutdown(timeout=0.5)
+        yield deferLater(reactor, 0.05, lambda: None)

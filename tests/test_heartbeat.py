@@ -336,6 +336,22 @@ class CloseTests(ClockTestCase):
         self.assertEqual((reason.code, reason.reason, reason.retryAfter), (1001, "restarting", 7.5))
         self.assertIsInstance(s.closeReason.value, ClosedLocally)
 
+    def test_lastWordsBeforeCloseAreDelivered(self) -> None:
+        # The server says goodbye and closes: both land in one read.
+        c, s, pair = makePair(self.clock)
+        s.sendMessage(b"last words")
+        s.close(CloseCode.GOING_AWAY, "bye", retryAfter=1.0)
+        pair.pump()
+        self.assertEqual(c.messages, [b"last words"])
+        self.assertIsInstance(c.closeReason.value, PeerClosed)
+
+    def test_messagesBeforeGarbageAreDelivered(self) -> None:
+        c, s, pair = makePair(self.clock)
+        c.dataReceived(encodeData(b"one") + encodeData(b"two") + b"\x00\x00\x00\x00\x00\x00")
+        self.assertEqual(c.messages, [b"one", b"two"])
+        pair.pump()
+        self.assertIsInstance(c.closeReason.value, ProtocolViolation)
+
     def test_closeAbortsIfTheTransportNeverFlushes(self) -> None:
         c = Recorder(
             HeartbeatConfig(interval=1, timeout=3, closeTimeout=2.0),

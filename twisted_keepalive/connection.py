@@ -87,7 +87,16 @@ class CloseReceived:
     retryAfter: float | None
 
 
-Event = bytes | HandshakeCompleted | PongReceived | PingReceived | CloseReceived
+@dataclass(frozen=True, slots=True)
+class ProtocolFailed:
+    """
+    The peer broke the protocol; always the last event of a batch.
+    """
+
+    error: RemoteProtocolError
+
+
+Event = bytes | HandshakeCompleted | PongReceived | PingReceived | CloseReceived | ProtocolFailed
 
 #: Pings whose PONG is awaited are kept to check each PONG and time it.  The
 #: timeout bounds how many can be outstanding; this caps it regardless.
@@ -216,9 +225,11 @@ class KeepaliveConnection:
         """
         Feed bytes from the peer.
 
-        @raise RemoteProtocolError: the peer broke the protocol.  The state is
-            then L{State.CLOSED} and a CLOSE with the error's code is in the
-            outbox; the caller flushes it and drops the connection.
+        If the peer broke the protocol, the events decoded before the fault
+        are returned followed by a L{ProtocolFailed}; the state is then
+        L{State.CLOSED} and a CLOSE with the error's code is in the outbox,
+        for the caller to flush before dropping the connection.  Nothing the
+        peer sent in good order before the fault is lost.
         """
         if self.state is State.CLOSED or not data:
             return []
@@ -237,7 +248,7 @@ class KeepaliveConnection:
                     break
         except RemoteProtocolError as e:
             self.close(e.code, str(e), None, now)
-            raise
+            events.append(ProtocolFailed(e))
         return events
 
     def _control(

@@ -25,6 +25,7 @@ from .connection import (
     KeepaliveConnection,
     PingReceived,
     PongReceived,
+    ProtocolFailed,
     Role,
     State,
 )
@@ -197,16 +198,18 @@ class HeartbeatProtocol(Protocol):
         core = self.core
         if core is None or core.state is State.CLOSED:
             return
-        try:
-            events = core.receive(data, self.clock.seconds())
-        except RemoteProtocolError as e:
-            self._flush()  # the CLOSE frame naming the problem
-            self._protocolError(e)
-            return
-        self._flush()
+        events = core.receive(data, self.clock.seconds())
+        self._flush()  # PONGs, a server HELLO, or the CLOSE naming a fault
+        # Input that ended the connection (a CLOSE, a fault) still delivers
+        # everything that came before it; only the application closing the
+        # connection meanwhile stops the delivery.
+        closedByInput = core.isClosed
         for event in events:
-            if core.isClosed and type(event) is not CloseReceived:
-                break  # the application closed the connection meanwhile
+            if core.isClosed and not closedByInput:
+                break
+            if type(event) is ProtocolFailed:
+                self._protocolError(event.error)
+                return
             try:
                 if type(event) is bytes:
                     self.messageReceived(event)
