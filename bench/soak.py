@@ -230,6 +230,12 @@ class Soak:
                 ),
                 3,
             ),
+            # Latency and throttling must not look like death.
+            "false alarms": sum(
+                f.detectedAfter is not None
+                for f in self.faults
+                if f.kind in ("latency", "throttle")
+            ),
             "messages sent": sent,
             "received by server": received,
             "lost": sent - received,
