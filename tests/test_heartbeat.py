@@ -336,6 +336,39 @@ class CloseTests(ClockTestCase):
         self.assertEqual((reason.code, reason.reason, reason.retryAfter), (1001, "restarting", 7.5))
         self.assertIsInstance(s.closeReason.value, ClosedLocally)
 
+    def test_applicationProducerFollowsTheTransport(self) -> None:
+        from twisted.internet.interfaces import IPushProducer
+        from zope.interface import implementer
+
+        @implementer(IPushProducer)
+        class Producer:
+            calls: list[str] = []
+
+            def pauseProducing(self) -> None:
+                self.calls.append("pause")
+
+            def resumeProducing(self) -> None:
+                self.calls.append("resume")
+
+            def stopProducing(self) -> None:
+                self.calls.append("stop")
+
+        c, s, pair = makePair(self.clock)
+        producer = Producer()
+        c.registerProducer(producer, True)
+        self.assertIs(pair.clientTransport.producer, c)  # the protocol holds the slot
+        pair.clientTransport.producer.pauseProducing()  # the socket buffer filled
+        self.assertTrue(c.outputPaused)
+        pair.clientTransport.producer.resumeProducing()
+        self.assertEqual(producer.calls, ["pause", "resume"])
+        with self.assertRaises(LocalProtocolError):
+            c.registerProducer(Producer(), True)
+        c.unregisterProducer()
+        with self.assertRaises(LocalProtocolError):
+            c.registerProducer(Producer(), False)
+        c.close()
+        pair.pump()
+
     def test_lastWordsBeforeCloseAreDelivered(self) -> None:
         # The server says goodbye and closes: both land in one read.
         c, s, pair = makePair(self.clock)

@@ -119,7 +119,9 @@ class HeartbeatProtocol(Protocol):
     The protocol registers itself as its transport's producer, so it knows
     when the peer stops reading (L{outputPaused}); what is written while
     paused is counted, and past C{maxPendingOutput} the connection is
-    dropped with SLOW_CONSUMER instead of letting memory grow.
+    dropped with SLOW_CONSUMER instead of letting memory grow.  An
+    application that wants backpressure registers its producer with the
+    protocol (L{registerProducer}), not with the transport.
 
     @ivar closeReason: after the connection is gone, why: a
         L{HeartbeatTimeout}, L{HandshakeTimeout}, L{PeerClosed},
@@ -149,6 +151,7 @@ class HeartbeatProtocol(Protocol):
         self.peer = "unknown peer"
         self.outputPaused = False
         self._pendingWhilePaused = 0
+        self._producer: IPushProducer | None = None
 
     # Settings
 
@@ -347,17 +350,42 @@ class HeartbeatProtocol(Protocol):
                 return
         self.transport.write(data)  # type: ignore[union-attr]
 
-    # IPushProducer: the transport tells us when its buffer is full.
+    # IPushProducer: the transport tells us when its buffer is full, and we
+    # pass it on to the application's producer, if it registered one.
 
     def pauseProducing(self) -> None:
         self.outputPaused = True
+        if self._producer is not None:
+            self._producer.pauseProducing()
 
     def resumeProducing(self) -> None:
         self.outputPaused = False
         self._pendingWhilePaused = 0
+        if self._producer is not None:
+            self._producer.resumeProducing()
 
     def stopProducing(self) -> None:
-        pass
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+    # IConsumer, for the application: the transport's own producer slot is
+    # taken by this protocol, so producers register here instead.
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        """
+        Have C{producer} paused and resumed as the peer reads, as
+        C{transport.registerProducer} would.  Streaming producers only.
+        """
+        if not streaming:
+            raise LocalProtocolError("only streaming (push) producers are supported")
+        if self._producer is not None:
+            raise LocalProtocolError(f"a producer is already registered: {self._producer!r}")
+        self._producer = producer
+        if self.outputPaused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
 
     def _slowConsumer(self) -> None:
         limit = self.config.maxPendingOutput
