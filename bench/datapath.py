@@ -3,7 +3,7 @@ Data-path throughput: HeartbeatProtocol against Int32StringReceiver (the
 same 4-byte length framing, no heartbeat), between two processes on
 127.0.0.1, measured in the same run.
 
-    python bench/datapath.py [--count 200000] [--runs 3]
+    python bench/datapath.py [--count 500000] [--runs 5]
 
 For each message size (100 B and 64 KiB), each protocol, and each run: a
 receiver process counts messages; a sender process writes them as fast as
@@ -165,10 +165,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--role", default="main")
     parser.add_argument("--kind", default="ours")
-    parser.add_argument("--count", type=int, default=200_000)
+    parser.add_argument("--count", type=int, default=500_000)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     if args.role == "receiver":
         receiver(args.kind, args.count)
@@ -177,7 +177,7 @@ def main() -> None:
         sender(args.kind, args.port, args.count, args.size)
         return
     rows = []
-    for size, count in ((100, args.count), (65_536, max(2_000, args.count // 50))):
+    for size, count in ((100, args.count), (65_536, max(2_000, args.count // 25))):
         rates: dict[str, list[float]] = {"baseline": [], "ours": []}
         for _ in range(args.runs):
             for kind in ("baseline", "ours"):  # interleaved: noise hits both alike
