@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,11 @@ import time
 from typing import Any
 
 HERE = os.path.abspath(__file__)
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def receiver(kind: str, count: int) -> None:
@@ -41,7 +47,7 @@ def receiver(kind: str, count: int) -> None:
             state["first"] = time.perf_counter()
         elif n == count:
             elapsed = time.perf_counter() - state["first"]
-            print(json.dumps({"elapsed": elapsed}), flush=True)
+            print(json.dumps({"elapsed": elapsed, "cpu": cpu()}), flush=True)
             reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
 
     class Baseline(Int32StringReceiver):
@@ -128,10 +134,12 @@ def sender(kind: str, port: int, count: int, size: int) -> None:
     factory.protocol = Baseline if kind == "baseline" else Ours  # type: ignore[assignment]
     factory.heartbeatConfig = HeartbeatConfig()  # type: ignore[attr-defined]
     reactor.connectTCP("127.0.0.1", port, factory)  # type: ignore[attr-defined]
+    started = cpu()
     reactor.run()  # type: ignore[attr-defined]
+    print(json.dumps({"cpu": cpu() - started}), flush=True)
 
 
-def once(kind: str, count: int, size: int) -> float:
+def once(kind: str, count: int, size: int) -> dict[str, float]:
     recv = subprocess.Popen(
         [sys.executable, HERE, "--role", "receiver", "--kind", kind, "--count", str(count)],
         stdout=subprocess.PIPE,
@@ -139,26 +147,19 @@ def once(kind: str, count: int, size: int) -> float:
     )
     assert recv.stdout is not None
     port = json.loads(recv.stdout.readline())["port"]
-    send = subprocess.Popen(
-        [
-            sys.executable,
-            HERE,
-            "--role",
-            "sender",
-            "--kind",
-            kind,
-            "--count",
-            str(count),
-            "--size",
-            str(size),
-            "--port",
-            str(port),
-        ]
-    )
+    argv = [sys.executable, HERE, "--role", "sender", "--kind", kind, "--count", str(count)]
+    argv += ["--size", str(size), "--port", str(port)]
+    send = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert send.stdout is not None
     result = json.loads(recv.stdout.readline())
+    sent = json.loads(send.stdout.readline())
     recv.wait(timeout=60)
     send.wait(timeout=60)
-    return count / float(result["elapsed"])
+    return {
+        "rate": count / float(result["elapsed"]),
+        "recvCpu": float(result["cpu"]) / count * 1e9,  # ns per message, whole process
+        "sendCpu": float(sent["cpu"]) / count * 1e9,
+    }
 
 
 def main() -> None:
@@ -178,32 +179,35 @@ def main() -> None:
         return
     rows = []
     for size, count in ((100, args.count), (65_536, max(2_000, args.count // 25))):
-        rates: dict[str, list[float]] = {"baseline": [], "ours": []}
+        runs: dict[str, list[dict[str, float]]] = {"baseline": [], "ours": []}
         for _ in range(args.runs):
             for kind in ("baseline", "ours"):  # interleaved: noise hits both alike
-                rates[kind].append(once(kind, count, size))
-        base = statistics.median(rates["baseline"])
-        ours = statistics.median(rates["ours"])
+                runs[kind].append(once(kind, count, size))
+
+        def median(kind: str, key: str, runs: dict[str, list[dict[str, float]]] = runs) -> float:
+            return statistics.median(r[key] for r in runs[kind])
+
+        base, ours = median("baseline", "rate"), median("ours", "rate")
         rows.append(
             {
                 "size": size,
                 "messages": count,
                 "baseline msg/s": round(base),
                 "ours msg/s": round(ours),
-                "baseline MB/s": round(base * size / 1e6, 1),
-                "ours MB/s": round(ours * size / 1e6, 1),
                 "ratio": round(ours / base, 3),
+                # CPU per message: stable on a noisy machine, where throughput is not.
+                "send CPU ratio": round(
+                    median("ours", "sendCpu") / median("baseline", "sendCpu"), 3
+                ),
+                "recv CPU ratio": round(
+                    median("ours", "recvCpu") / median("baseline", "recvCpu"), 3
+                ),
             }
         )
-    print(
-        f"{'size':>6} {'baseline msg/s':>15} {'ours msg/s':>11} {'MB/s base':>9} "
-        f"{'MB/s ours':>9} {'ratio':>6}"
-    )
+    header = ("size", "baseline msg/s", "ours msg/s", "ratio", "send CPU ratio", "recv CPU ratio")
+    print("  ".join(f"{h:>14}" for h in header))
     for r in rows:
-        print(
-            f"{r['size']:>6} {r['baseline msg/s']:>15} {r['ours msg/s']:>11} "
-            f"{r['baseline MB/s']:>9} {r['ours MB/s']:>9} {r['ratio']:>6}"
-        )
+        print("  ".join(f"{r[h]!s:>14}" for h in header))
     print(json.dumps(rows))
 
 

@@ -186,6 +186,7 @@ class HeartbeatProtocol(Protocol):
         clock = self.clock
         self.peer = describePeer(self.transport)
         self._now = clock.seconds  # bound once: called per read and per write
+        self._maxPending = config.maxPendingOutput
         now = clock.seconds()
         self.core = core = KeepaliveConnection(self.role, config, now)
         if config.tcpKeepalive is not None:
@@ -281,17 +282,17 @@ class HeartbeatProtocol(Protocol):
         """
         core = self.core
         length = len(message) + 2
-        if (
-            core is None
-            or core.state is not _OPEN
-            or length > core.peerMaxFrame
-            or self.outputPaused
-        ):
-            self._sendCarefully(message)
+        if core is None or core.state is not _OPEN or length > core.peerMaxFrame:
+            self._sendCarefully(message)  # raises the precise error
             return
         # The hot path, measured in bench/datapath.py: the engine's
         # encodeMessage inlined (same checks above, same bookkeeping here),
         # saving a call per message.
+        if self.outputPaused:
+            self._pendingWhilePaused += length + 4
+            if self._pendingWhilePaused > self._maxPending:
+                self._slowConsumer()
+                return
         core.bytesOut += length + 4
         core.messagesOut += 1
         core.liveness.lastSent = self._now()
@@ -299,8 +300,7 @@ class HeartbeatProtocol(Protocol):
 
     def _sendCarefully(self, message: bytes) -> None:
         """
-        Every case but the common one: not connected, not open, too large
-        (these raise), or the peer not reading (the bounded path).
+        The cases that raise: not connected, not open, too large.
         """
         if self.core is None:
             raise LocalProtocolError("cannot send: not connected")
@@ -375,7 +375,7 @@ class HeartbeatProtocol(Protocol):
     def _write(self, data: bytes) -> None:
         if self.outputPaused:
             self._pendingWhilePaused += len(data)
-            if self._pendingWhilePaused > self.config.maxPendingOutput:
+            if self._pendingWhilePaused > self._maxPending:
                 self._slowConsumer()
                 return
         self.transport.write(data)  # type: ignore[union-attr]
