@@ -33,20 +33,29 @@ class Watched(HeartbeatProtocol):
         self.gone.callback(reason.value)
 
 
+class Recording(ServerFactory):
+    """
+    A server factory that keeps every protocol it builds in C{into}.
+    """
+
+    heartbeatConfig = HeartbeatConfig(interval=1.0, timeout=2.0)
+
+    def __init__(self, into: list[Any], protocol: type[Watched] | None = None) -> None:
+        self.into = into
+        self.kind = protocol or Watched
+
+    def buildProtocol(self, addr: Any) -> Watched:
+        p = self.kind(role=Role.SERVER)
+        p.factory = self
+        self.into.append(p)
+        return p
+
+
 @pytest_twisted.inlineCallbacks
 def test_silentPeerDetectedWithinBound() -> Any:
     servers: list[Watched] = []
 
-    class Factory(ServerFactory):
-        heartbeatConfig = HeartbeatConfig(interval=1.0, timeout=2.0)
-
-        def buildProtocol(self, addr: Any) -> Watched:
-            p = Watched(role=Role.SERVER)
-            p.factory = self
-            servers.append(p)
-            return p
-
-    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    port = reactor.listenTCP(0, Recording(servers), interface="127.0.0.1")
     proxy = FaultProxy("127.0.0.1", port.getHost().port)
     try:
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.listen())
@@ -89,17 +98,8 @@ def test_failoverWhenPrimaryIsKilled() -> Any:
 
     live: list[Watched] = []
 
-    class Factory(ServerFactory):
-        heartbeatConfig = HeartbeatConfig(interval=1.0, timeout=2.0)
-
-        def buildProtocol(self, addr: Any) -> Watched:
-            p = Watched(role=Role.SERVER)
-            p.factory = self
-            live.append(p)
-            return p
-
-    portA = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
-    portB = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    portA = reactor.listenTCP(0, Recording(live), interface="127.0.0.1")
+    portB = reactor.listenTCP(0, Recording(live), interface="127.0.0.1")
     labelA = f"127.0.0.1:{portA.getHost().port}"
     labelB = f"127.0.0.1:{portB.getHost().port}"
     maxDelay = 0.5
@@ -152,16 +152,7 @@ def test_serverRestartedOnSamePort() -> Any:
 
     live: list[Watched] = []
 
-    class Factory(ServerFactory):
-        heartbeatConfig = HeartbeatConfig(interval=1.0, timeout=2.0)
-
-        def buildProtocol(self, addr: Any) -> Watched:
-            p = Echo(role=Role.SERVER)
-            p.factory = self
-            live.append(p)
-            return p
-
-    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    port = reactor.listenTCP(0, Recording(live, Echo), interface="127.0.0.1")
     number = port.getHost().port
     factory = KeepaliveClientFactory(
         HeartbeatConfig(interval=0.1, timeout=0.5),
@@ -180,7 +171,7 @@ def test_serverRestartedOnSamePort() -> Any:
         yield deferLater(reactor, 0.5, lambda: None)  # refused meanwhile
         assert factory.state is not ClientState.CONNECTED
         factory.sendMessage(b"sent while down")
-        port = reactor.listenTCP(number, Factory(), interface="127.0.0.1")
+        port = reactor.listenTCP(number, Recording(live, Echo), interface="127.0.0.1")
         protocol = yield factory.whenConnected()
         yield live[0].ready
         yield deferLater(reactor, 0.1, lambda: None)
