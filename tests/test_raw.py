@@ -18,9 +18,13 @@ class Raw(RawHeartbeatProtocol):
     def __init__(self, *a, **kw) -> None:
         super().__init__(*a, **kw)
         self.received: list[bytes] = []
+        self.pongs: list[float] = []
 
     def rawDataReceived(self, data: bytes) -> None:
         self.received.append(data)
+
+    def pongReceived(self, rtt: float) -> None:
+        self.pongs.append(rtt)
 
 
 class RawTests(ClockTestCase):
@@ -40,6 +44,7 @@ class RawTests(ClockTestCase):
         self.assertEqual(p.rtt.last, 0.125)
         self.assertEqual(p.received, [b"+PO", b"NG\r\n"])
         self.assertEqual(p.repliesMatched, 1)
+        self.assertEqual(p.pongs, [0.125])  # the same hook as HeartbeatProtocol's
         # Silent from 1.125 on: dead at exactly 1.125 + 3.
         self.advance(2.875)
         self.assertFalse(t.disconnected)

@@ -19,6 +19,7 @@ from enum import Enum
 from .config import HeartbeatConfig
 from .errors import CloseCode, LocalProtocolError, RemoteProtocolError
 from .frames import (
+    EXTENSION_TYPE_MIN,
     HANDSHAKE_MAX_FRAME,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
@@ -159,6 +160,13 @@ class KeepaliveConnection:
         self.bytesOut += len(frame)
         self.liveness.lastSent = now
 
+    @property
+    def hasOutput(self) -> bool:
+        """
+        Whether L{dataToSend} has anything; cheap enough to ask per read.
+        """
+        return bool(self._outbox)
+
     def dataToSend(self) -> bytes:
         """
         Drain the outbox.
@@ -278,7 +286,7 @@ class KeepaliveConnection:
             self.state = State.CLOSED
             events.append(CloseReceived(frame.code, frame.reason, frame.retryAfter))
             return
-        if ftype >= 0x80:
+        if ftype >= EXTENSION_TYPE_MIN:
             return  # an extension we do not know: skipped, but it proved life
         if self.state is State.HANDSHAKING:
             if not isinstance(frame, Hello):

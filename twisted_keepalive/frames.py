@@ -33,8 +33,6 @@ DEFAULT_MAX_FRAME = 1 << 20
 HANDSHAKE_MAX_FRAME = 4096
 #: Smallest C{max_frame} a peer may announce: enough for any control frame.
 MIN_MAX_FRAME = 1024
-#: Largest value of the C{length} field that the format can carry.
-MAX_LENGTH_FIELD = 0xFFFFFFFF
 
 #: C{retry_after_ms} value meaning "no hint".
 NO_RETRY_HINT = 0xFFFFFFFF

@@ -41,6 +41,7 @@ from .errors import (
     RemoteProtocolError,
 )
 from .liveness import Verdict
+from .rtt import RTTEstimator
 from .sweep import IdleSweeper
 from .tcp import applyTCPKeepalive, findSocket
 from .timer import IdleTimer
@@ -208,7 +209,7 @@ class HeartbeatProtocol(Protocol):
         if core is None or core.state is State.CLOSED:
             return
         events = core.receive(data, self._now())
-        if core._outbox:
+        if core.hasOutput:
             self._flush()  # PONGs, a server HELLO, or the CLOSE naming a fault
         # Input that ended the connection (a CLOSE, a fault) still delivers
         # everything that came before it; only the application closing the
@@ -273,6 +274,14 @@ class HeartbeatProtocol(Protocol):
     def isOpen(self) -> bool:
         return self.core is not None and self.core.state is State.OPEN
 
+    @property
+    def rtt(self) -> RTTEstimator | None:
+        """
+        The connection's RTT estimator (as L{RawHeartbeatProtocol.rtt}), or
+        L{None} before it connects.
+        """
+        return self.core.rtt if self.core is not None else None
+
     def sendMessage(self, message: bytes) -> None:
         """
         Send one application message.
@@ -288,15 +297,14 @@ class HeartbeatProtocol(Protocol):
         # The hot path, measured in bench/datapath.py: the engine's
         # encodeMessage inlined (same checks above, same bookkeeping here),
         # saving a call per message.
-        if self.outputPaused:
-            self._pendingWhilePaused += length + 4
-            if self._pendingWhilePaused > self._maxPending:
-                self._slowConsumer()
-                return
         core.bytesOut += length + 4
         core.messagesOut += 1
         core.liveness.lastSent = self._now()
-        self.transport.write(_packHeader(length, 4, 0) + message)  # type: ignore[union-attr]
+        frame = _packHeader(length, 4, 0) + message
+        if self.outputPaused:
+            self._write(frame)  # counted against maxPendingOutput
+        else:
+            self.transport.write(frame)  # type: ignore[union-attr]
 
     def _sendCarefully(self, message: bytes) -> None:
         """

@@ -137,11 +137,15 @@ class RawHeartbeatProtocol(Protocol):
         if self._pattern is not None and self._unanswered:
             window = (self._window + data)[-MATCH_WINDOW:]
             match = self._pattern.search(window)
+            matched = None
             if match is not None:
-                self.rtt.add(max(0.0, now - self._unanswered.popleft()))
+                matched = max(0.0, now - self._unanswered.popleft())
+                self.rtt.add(matched)
                 self.repliesMatched += 1
                 window = window[match.end() :]
             self._window = window
+            if matched is not None:
+                self.pongReceived(matched)
         self.rawDataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -159,6 +163,12 @@ class RawHeartbeatProtocol(Protocol):
     def rawDataReceived(self, data: bytes) -> None:
         """
         Bytes from the peer, replies to our pings included.
+        """
+
+    def pongReceived(self, rtt: float) -> None:
+        """
+        The reply pattern matched; C{rtt} is this round trip in seconds (as
+        L{HeartbeatProtocol.pongReceived}).
         """
 
     def connectionClosed(self, reason: Failure) -> None:

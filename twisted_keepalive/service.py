@@ -6,6 +6,7 @@ endpoint (C{/status} as JSON, C{/metrics} for Prometheus).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,16 @@ class _Listener(StreamServerEndpointService):
             raise SystemExit(f"keepconn: cannot listen on {self.description}: {why}") from None
 
 
+COUNTERS = ("framesIn", "framesOut", "bytesIn", "bytesOut")
+
+
+def _counters(protocol: Any) -> dict[str, int]:
+    core = getattr(protocol, "core", None)
+    if core is None:
+        return {}  # not connected, or a foreign protocol: no frames
+    return {name: getattr(core, name) for name in COUNTERS}
+
+
 class Totals:
     """
     Frames and bytes of connections that have ended, so counters never go
@@ -84,31 +95,16 @@ class Totals:
     """
 
     def __init__(self) -> None:
-        self.framesIn = self.framesOut = self.bytesIn = self.bytesOut = 0
+        self.ended: Counter[str] = Counter()
 
     def add(self, protocol: Any) -> None:
-        if isinstance(protocol, HeartbeatProtocol) and protocol.core is not None:
-            core = protocol.core
-            self.framesIn += core.framesIn
-            self.framesOut += core.framesOut
-            self.bytesIn += core.bytesIn
-            self.bytesOut += core.bytesOut
+        self.ended.update(_counters(protocol))
 
     def withLive(self, live: list[Any]) -> dict[str, int]:
-        result = {
-            "framesIn": self.framesIn,
-            "framesOut": self.framesOut,
-            "bytesIn": self.bytesIn,
-            "bytesOut": self.bytesOut,
-        }
+        total = Counter(self.ended)
         for protocol in live:
-            if isinstance(protocol, HeartbeatProtocol) and protocol.core is not None:
-                core = protocol.core
-                result["framesIn"] += core.framesIn
-                result["framesOut"] += core.framesOut
-                result["bytesIn"] += core.bytesIn
-                result["bytesOut"] += core.bytesOut
-        return result
+            total.update(_counters(protocol))
+        return {name: total[name] for name in COUNTERS}
 
 
 # Client
@@ -124,14 +120,11 @@ class _ClientProtocol(HeartbeatProtocol):
 
 class _RawClientProtocol(RawHeartbeatProtocol):
     def rawDataReceived(self, data: bytes) -> None:
-        service = self.factory.service
-        if service.stdio is not None:
-            service.stdio.write(data)
-        if self.repliesMatched > self._matchesSeen and self.rtt.last is not None:
-            self._matchesSeen = self.repliesMatched
-            service.rttObserved(self.rtt.last, self)
+        if self.factory.service.stdio is not None:
+            self.factory.service.stdio.write(data)
 
-    _matchesSeen = 0
+    def pongReceived(self, rtt: float) -> None:
+        self.factory.service.rttObserved(rtt, self)
 
 
 class _ClientFactory(KeepaliveClientFactory):
@@ -254,9 +247,7 @@ class KeepaliveClientService(Service):
     def rttObserved(self, rtt: float, protocol: Any) -> None:
         self.rtt.observe(rtt)
         if not self.options["stdio"]:
-            srtt = getattr(getattr(protocol, "rtt", None), "srtt", None)
-            if isinstance(protocol, HeartbeatProtocol):
-                srtt = protocol.stats.srtt
+            srtt = protocol.rtt.srtt if protocol.rtt is not None else None
             log.info(
                 "Heartbeat from {server}: rtt {rtt_ms:.3f} ms (smoothed {srtt_ms:.3f} ms)",
                 server=self.factory.currentServer,
@@ -267,11 +258,8 @@ class KeepaliveClientService(Service):
     def status(self) -> dict[str, Any]:
         f = self.factory
         protocol = f.connected
-        srtt = None
-        if isinstance(protocol, HeartbeatProtocol) and protocol.core is not None:
-            srtt = protocol.stats.srtt
-        elif isinstance(protocol, RawHeartbeatProtocol):
-            srtt = protocol.rtt.srtt
+        estimator = protocol.rtt if protocol is not None else None
+        srtt = estimator.srtt if estimator is not None else None
         return {
             "mode": "client",
             "state": "connecting" if f.state is ClientState.IDLE else f.state.value,
