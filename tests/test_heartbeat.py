@@ -26,6 +26,7 @@ from twisted_keepalive import (
 )
 from twisted_keepalive.frames import (
     Close,
+    Data,
     FrameDecoder,
     Hello,
     Ping,
@@ -607,3 +608,51 @@ class BadInputTests(ClockTestCase):
         self.assertEqual(frames(transport.value()), [Pong(77, 2**63 + 5)])
         s.close()
         s.connectionLost(Failure(ConnectionDone()))
+
+
+class DirectControlWriteTests(ClockTestCase):
+    """
+    Control frames go straight to the socket of a plain TCP transport when
+    nothing is queued ahead of them, and behind queued bytes otherwise.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.testing import MemoryReactorClock
+
+        ours, self.peer = socket.socketpair()
+        ours.setblocking(False)
+        self.peer.setblocking(False)
+        self.addCleanup(self.peer.close)
+        self.reactor = MemoryReactorClock()
+        self.protocol = HeartbeatProtocol(HeartbeatConfig(), role=Role.SERVER, clock=self.clock)
+        self.transport = tcp.Connection(ours, self.protocol, self.reactor)
+        self.transport.connected = True  # as tcp.Server sets it on accept
+        self.addCleanup(ours.close)
+        self.protocol.makeConnection(self.transport)
+        self.protocol.dataReceived(encodeHello(Hello(1, 1.0, 3.0, 1 << 20)))
+        self.addCleanup(self.protocol.connectionLost, Failure(ConnectionDone()))
+
+    def received(self) -> list[object]:
+        try:
+            return frames(self.peer.recv(1 << 16))
+        except BlockingIOError:
+            return []
+
+    def test_idleReplyBypassesTheBuffer(self) -> None:
+        self.assertIsInstance(self.received()[0], Hello)  # sent at once, no reactor pass
+        self.protocol.dataReceived(encodePing(7, 99))
+        # The PONG, then the server's first RTT probe (rttProbeEvery).
+        self.assertEqual(self.received(), [Pong(7, 99), Ping(1, 0)])
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+
+    def test_replyQueuesBehindBufferedMessages(self) -> None:
+        self.received()
+        self.protocol.sendMessage(b"first")  # buffered by Twisted until a write pass
+        self.protocol.dataReceived(encodePing(8, 1))
+        self.assertEqual(self.received(), [])  # the PONG did not jump the queue
+        self.transport.doWrite()
+        self.assertEqual(self.received(), [Data(b"first"), Pong(8, 1), Ping(1, 0)])

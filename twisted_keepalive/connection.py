@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import struct
-from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
@@ -27,18 +26,17 @@ from .frames import (
     FrameDecoder,
     FrameType,
     Hello,
-    Ping,
     Pong,
     encodeClose,
     encodeHello,
     encodePing,
-    encodePong,
     parseFrame,
 )
 from .liveness import Liveness, Verdict
 from .rtt import RTTEstimator
 
 _packHeader = struct.Struct(">IBB").pack
+_PONG_HEADER = _packHeader(14, FrameType.PONG, 0)
 
 
 class Role(Enum):
@@ -117,6 +115,33 @@ class KeepaliveConnection:
         with no ping and no timeout, armed by the handshake.
     """
 
+    __slots__ = (
+        "_decoder",
+        "_nextPingId",
+        "_outbox",
+        "_outstanding",
+        "bytesIn",
+        "bytesOut",
+        "config",
+        "connectedAt",
+        "controlIn",
+        "controlOut",
+        "handshakeAt",
+        "interval",
+        "liveness",
+        "messagesIn",
+        "messagesOut",
+        "peerHello",
+        "peerMaxFrame",
+        "pingsReceived",
+        "pingsSent",
+        "pongsReceived",
+        "role",
+        "rtt",
+        "state",
+        "version",
+    )
+
     def __init__(self, role: Role, config: HeartbeatConfig, now: float) -> None:
         self.role = role
         self.config = config
@@ -131,7 +156,9 @@ class KeepaliveConnection:
         self.handshakeAt: float | None = None
         self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
         self._outbox: list[bytes] = []
-        self._outstanding: deque[tuple[int, float, int]] = deque()
+        # A list, not a deque: usually 0-1 entries, and a deque costs ~600
+        # bytes per connection (bench/idle_fleet.py measures memory).
+        self._outstanding: list[tuple[int, float, int]] = []
         self._nextPingId = 1
         # Frames are counted as messages plus control frames, so the hot
         # path updates one counter less per message.
@@ -235,7 +262,7 @@ class KeepaliveConnection:
         self._nextPingId = (pingId + 1) & 0xFFFFFFFF or 1
         stamp = int(now * 1_000_000) & 0xFFFFFFFFFFFFFFFF
         if len(self._outstanding) >= MAX_OUTSTANDING_PINGS:
-            self._outstanding.popleft()
+            del self._outstanding[0]
         self._outstanding.append((pingId, now, stamp))
         self._emit(encodePing(pingId, stamp), now)
         self.liveness.pingSent(now)
@@ -267,6 +294,12 @@ class KeepaliveConnection:
                     messages += 1
                     append(payload)
                     continue
+                if ftype == 2 and isOpen and len(payload) == 12:
+                    # PING, the idle path (bench/idle_fleet.py): the PONG
+                    # echoes the PING's payload, so nothing is parsed.
+                    self._answerPing(payload, now)
+                    append(PingReceived(now))
+                    continue
                 self.controlIn += 1
                 self._control(ftype, flags, payload, now, events)
                 if self.isClosed:
@@ -295,17 +328,19 @@ class KeepaliveConnection:
                 )
             events.append(self._handshake(frame, now))
             return
-        if isinstance(frame, Ping):
-            self.pingsReceived += 1
-            self._emit(encodePong(frame.id, frame.timestamp), now)
-            probe = self.config.rttProbeEvery
-            if self.role is Role.SERVER and probe and self.pingsReceived % probe == 1 % probe:
-                self._ping(now)  # a server measures RTT too, now and then
-            events.append(PingReceived(now))
-        elif isinstance(frame, Pong):
+        # A well-formed PING was answered in receive; parseFrame rejected the rest.
+        if isinstance(frame, Pong):
             events.append(PongReceived(self._pong(frame, now)))
         elif isinstance(frame, Hello):
             raise RemoteProtocolError("HELLO received after the handshake")
+
+    def _answerPing(self, payload: bytes, now: float) -> None:
+        self.controlIn += 1
+        self.pingsReceived += 1
+        self._emit(_PONG_HEADER + payload, now)
+        probe = self.config.rttProbeEvery
+        if probe and self.role is Role.SERVER and self.pingsReceived % probe == 1 % probe:
+            self._ping(now)  # a server measures RTT too, now and then
 
     def _pong(self, pong: Pong, now: float) -> float:
         if not self._outstanding:
@@ -315,7 +350,7 @@ class KeepaliveConnection:
             raise RemoteProtocolError(
                 f"PONG {pong.id} does not answer the oldest outstanding PING {pingId}"
             )
-        self._outstanding.popleft()
+        del self._outstanding[0]
         rtt = max(0.0, now - sentAt)
         self.rtt.add(rtt)
         self.pongsReceived += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -59,6 +60,19 @@ def maybeGlobalReactor(clock: IReactorTime | None) -> IReactorTime:
 
         return reactor
     return clock
+
+
+def plainTCP(transport: Any) -> Any:
+    """
+    C{transport} if it is Twisted's own TCP connection with the buffer
+    attributes L{HeartbeatProtocol._flush} reads, else L{None}.
+    """
+    if isinstance(transport, tcp.Connection) and all(
+        hasattr(transport, name)
+        for name in ("_tempDataLen", "dataBuffer", "offset", "_writeDisconnected", "TLS", "socket")
+    ):
+        return transport
+    return None
 
 
 def describePeer(transport: Any) -> str:
@@ -149,6 +163,8 @@ class HeartbeatProtocol(Protocol):
         self._role = role
         self._clock = clock
         self._timer: IdleTimer | None = None
+        self._plainTCP: Any = None
+        self._pingHook: Any = None
         self._sweeper: IdleSweeper | None = None
         self._handshakeCall: IDelayedCall | None = None
         self._closeCall: IDelayedCall | None = None
@@ -186,6 +202,8 @@ class HeartbeatProtocol(Protocol):
         config = self.config
         clock = self.clock
         self.peer = describePeer(self.transport)
+        self._plainTCP = plainTCP(self.transport)
+        self._pingHook = getattr(self.factory, "heartbeatPingReceived", None)
         self._now = clock.seconds  # bound once: called per read and per write
         self._maxPending = config.maxPendingOutput
         now = clock.seconds()
@@ -195,7 +213,6 @@ class HeartbeatProtocol(Protocol):
             if sock is not None:
                 applyTCPKeepalive(sock, config.tcpKeepalive)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self._timer = IdleTimer(clock, core.liveness, self._onTimer)
         self._handshakeCall = clock.callLater(config.handshakeTimeout, self._handshakeExpired)
         notify = getattr(self.factory, "heartbeatConnectionMade", None)
         if notify is not None:
@@ -375,10 +392,39 @@ class HeartbeatProtocol(Protocol):
     # Internals
 
     def _flush(self) -> None:
+        """
+        Send what the engine produced: PONGs, PINGs, HELLO, CLOSE.
+
+        These few bytes are written straight to the socket when nothing is
+        queued ahead of them in the transport, which is nearly always on an
+        idle link: Twisted's C{write} would instead arm the socket for
+        writing (two C{epoll_ctl} calls) and send in the next reactor pass,
+        more than the heartbeat itself costs (bench/idle_fleet.py).
+        Application messages keep Twisted's buffering, which batches them.
+        """
         assert self.core is not None
         data = self.core.dataToSend()
-        if data:
-            self._write(data)
+        if not data:
+            return
+        t = self._plainTCP
+        if (
+            t is not None
+            and not self.outputPaused
+            and not t._tempDataLen
+            and t.offset == len(t.dataBuffer)
+            and t.connected
+            and not t.disconnecting
+            and not t._writeDisconnected
+            and not t.TLS
+        ):
+            try:
+                sent = t.socket.send(data)
+            except OSError:
+                sent = 0  # would block, or an error Twisted's own write will report
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._write(data)
 
     def _write(self, data: bytes) -> None:
         if self.outputPaused:
@@ -436,17 +482,16 @@ class HeartbeatProtocol(Protocol):
         self.abort(ClosedLocally(CloseCode.SLOW_CONSUMER, f"over {limit} bytes unread"))
 
     def _dispatch(self, event: object) -> None:
-        if isinstance(event, PongReceived):
+        if type(event) is PingReceived:  # the common one first
+            self.pingReceived(event.at)
+            if self._pingHook is not None:
+                self._pingHook(self, event.at)
+        elif isinstance(event, PongReceived):
             self.pongReceived(event.rtt)
         elif isinstance(event, HandshakeCompleted):
             self._handshakeDone(event)
         elif isinstance(event, CloseReceived):
             self._peerClosed(event)
-        elif isinstance(event, PingReceived):
-            self.pingReceived(event.at)
-            notify = getattr(self.factory, "heartbeatPingReceived", None)
-            if notify is not None:
-                notify(self, event.at)
 
     def pingReceived(self, at: float) -> None:
         """
@@ -464,7 +509,9 @@ class HeartbeatProtocol(Protocol):
             self._sweeper = sweeper
             sweeper.add(self, self.core.liveness, self._declareDead)  # type: ignore[union-attr]
         else:
-            assert self._timer is not None
+            # Only clients (and servers without a sweeper) need a timer each;
+            # made here, not per connection attempt.
+            self._timer = IdleTimer(self.clock, self.core.liveness, self._onTimer)  # type: ignore[union-attr]
             self._timer.start()
         self.log.debug(
             "Handshake with {peer} done: interval {interval}s, timeout {timeout}s",
