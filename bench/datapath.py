@@ -177,21 +177,33 @@ def main() -> None:
     if args.role == "sender":
         sender(args.kind, args.port, args.count, args.size)
         return
-    rows = []
-    for size, count in ((100, args.count), (65_536, max(2_000, args.count // 25))):
-        runs: dict[str, list[dict[str, float]]] = {"baseline": [], "ours": []}
-        for _ in range(args.runs):
-            for kind in ("baseline", "ours"):  # interleaved: noise hits both alike
-                runs[kind].append(once(kind, count, size))
+    rows = run(args.count, args.runs)
+    header = ("size", "baseline msg/s", "ours msg/s", "ratio", "send CPU ratio", "recv CPU ratio")
+    print("  ".join(f"{h:>14}" for h in header))
+    for r in rows:
+        print("  ".join(f"{r[h]!s:>14}" for h in header))
+    print(json.dumps(rows))
 
-        def median(kind: str, key: str, runs: dict[str, list[dict[str, float]]] = runs) -> float:
-            return statistics.median(r[key] for r in runs[kind])
+
+def run(count: int, runs: int) -> list[dict[str, Any]]:
+    """Both sizes, C{runs} interleaved runs each; medians and ratios."""
+    rows = []
+    for size, n in ((100, count), (65_536, max(2_000, count // 25))):
+        samples: dict[str, list[dict[str, float]]] = {"baseline": [], "ours": []}
+        for _ in range(runs):
+            for kind in ("baseline", "ours"):  # interleaved: noise hits both alike
+                samples[kind].append(once(kind, n, size))
+
+        def median(
+            kind: str, key: str, samples: dict[str, list[dict[str, float]]] = samples
+        ) -> float:
+            return statistics.median(r[key] for r in samples[kind])
 
         base, ours = median("baseline", "rate"), median("ours", "rate")
         rows.append(
             {
                 "size": size,
-                "messages": count,
+                "messages": n,
                 "baseline msg/s": round(base),
                 "ours msg/s": round(ours),
                 "ratio": round(ours / base, 3),
@@ -204,11 +216,7 @@ def main() -> None:
                 ),
             }
         )
-    header = ("size", "baseline msg/s", "ours msg/s", "ratio", "send CPU ratio", "recv CPU ratio")
-    print("  ".join(f"{h:>14}" for h in header))
-    for r in rows:
-        print("  ".join(f"{r[h]!s:>14}" for h in header))
-    print(json.dumps(rows))
+    return rows
 
 
 if __name__ == "__main__":

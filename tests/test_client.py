@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import ReconnectingClientFactory
+from twisted.internet.protocol import Factory, Protocol, ReconnectingClientFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -313,6 +313,19 @@ class FailoverTests(FactoryTestCase):
             [label for label, _ in servers.entries],
             ["127.0.0.1:9000", "[::1]:9001", "localhost:9002", "tcp:host=127.0.0.1:port=9003"],
         )
+        # Addresses skip name resolution (no thread-pool hop per attempt).
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+        )
+
+        kinds = [type(endpoint) for _, endpoint in servers.entries[:3]]
+        self.assertEqual(kinds, [TCP4ClientEndpoint, TCP6ClientEndpoint, HostnameEndpoint])
+        for _, endpoint in servers.entries[:3]:
+            endpoint.connect(Factory.forProtocol(Protocol))
+        self.assertEqual([c[0] for c in reactor.tcpClients[:2]], ["127.0.0.1", "::1"])
+        self.assertEqual([c[3] for c in reactor.tcpClients[:2]], [5.0, 5.0])  # connect timeout
         for bad in ("localhost", "host:port", "h:70000", 42):
             self.assertRaises(ValueError, ServerList, reactor, [bad], 5.0)
         self.assertRaises(ValueError, ServerList, reactor, [], 5.0)

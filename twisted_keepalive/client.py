@@ -15,8 +15,15 @@ from enum import Enum
 from typing import Any
 
 from twisted.internet import error
+from twisted.internet.abstract import isIPAddress as isIPv4Address
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+)
 from twisted.internet.interfaces import (
     IConnector,
     IDelayedCall,
@@ -118,7 +125,17 @@ class ServerList:
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is out of range")
         label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return label, HostnameEndpoint(reactor, host, port, timeout=connectTimeout)
+        # An address needs no resolution: HostnameEndpoint would still hand
+        # each attempt to getaddrinfo in the thread pool (10 threads), which
+        # queues attempts in a reconnect storm (bench/storm.py).
+        endpoint: IStreamClientEndpoint
+        if isIPv4Address(host):
+            endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connectTimeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=connectTimeout)
+        else:
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=connectTimeout)
+        return label, endpoint
 
     def __len__(self) -> int:
         return len(self.entries)

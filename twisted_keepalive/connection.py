@@ -37,6 +37,7 @@ from .rtt import RTTEstimator
 
 _packHeader = struct.Struct(">IBB").pack
 _PONG_HEADER = _packHeader(14, FrameType.PONG, 0)
+_PING_HEADER = _packHeader(14, FrameType.PING, 0)
 
 
 class Role(Enum):
@@ -117,6 +118,7 @@ class KeepaliveConnection:
 
     __slots__ = (
         "_decoder",
+        "_lastPingAt",
         "_nextPingId",
         "_outbox",
         "_outstanding",
@@ -133,6 +135,7 @@ class KeepaliveConnection:
         "messagesOut",
         "peerHello",
         "peerMaxFrame",
+        "pingGap",
         "pingsReceived",
         "pingsSent",
         "pongsReceived",
@@ -166,6 +169,10 @@ class KeepaliveConnection:
         self.bytesIn = self.bytesOut = 0
         self.messagesIn = self.messagesOut = 0
         self.pingsSent = self.pongsReceived = self.pingsReceived = 0
+        # Seconds between the last two PINGs received (None before two):
+        # servers police the ping rate with it.
+        self.pingGap: float | None = None
+        self._lastPingAt: float | None = None
 
     @property
     def isClosed(self) -> bool:
@@ -284,6 +291,15 @@ class KeepaliveConnection:
             return []
         self.liveness.lastReceived = now
         self.bytesIn += len(data)
+        if (
+            data[:6] == _PING_HEADER
+            and len(data) == 18
+            and self.state is _OPEN
+            and not self._decoder.buffered
+        ):
+            # One whole PING and nothing else: what an idle link reads.
+            self._answerPing(data[6:], now)
+            return [PingReceived(now)]
         events: list[Event] = []
         append = events.append
         isOpen = self.state is _OPEN
@@ -337,6 +353,9 @@ class KeepaliveConnection:
     def _answerPing(self, payload: bytes, now: float) -> None:
         self.controlIn += 1
         self.pingsReceived += 1
+        last = self._lastPingAt
+        self.pingGap = None if last is None else now - last
+        self._lastPingAt = now
         self._emit(_PONG_HEADER + payload, now)
         probe = self.config.rttProbeEvery
         if probe and self.role is Role.SERVER and self.pingsReceived % probe == 1 % probe:

@@ -160,7 +160,7 @@ class KeepaliveServerFactory(ServerFactory):
         self.byClientId: dict[str, HeartbeatProtocol] = {}
         self.evictions = 0
         self.counts: dict[DisconnectReason, int] = {r: 0 for r in DisconnectReason}
-        self._pings: dict[HeartbeatProtocol, tuple[float, int]] = {}
+        self._strikes: dict[HeartbeatProtocol, int] = {}
         self._refused: set[HeartbeatProtocol] = set()
         self._shutdown: Deferred[None] | None = None
         self._shutdownCall: IDelayedCall | None = None
@@ -230,28 +230,26 @@ class KeepaliveServerFactory(ServerFactory):
         self.clientConnected(protocol)
 
     def heartbeatPingReceived(self, protocol: HeartbeatProtocol, at: float) -> None:
-        interval = protocol.core.interval if protocol.core is not None else None
-        last, strikes = self._pings.get(protocol, (None, 0))
-        self._pings[protocol] = (at, strikes)
-        if last is None or interval is None:
+        core = protocol.core
+        if core is None or core.pingGap is None or core.interval is None:
             return
-        if at - last < self.pingTolerance * interval:
-            strikes += 1
-            self._pings[protocol] = (at, strikes)
-            if strikes > self.maxPingStrikes:
-                protocol.close(CloseCode.TOO_MANY_PINGS, "pinging faster than the interval")
-            else:
-                self.log.warn(
-                    "{peer} pings too often ({gap:.3f}s apart, interval {interval}s): "
-                    "strike {strikes}",
-                    peer=protocol.peer,
-                    gap=at - last,
-                    interval=interval,
-                    strikes=strikes,
-                )
+        gap, interval = core.pingGap, core.interval
+        if gap >= self.pingTolerance * interval:
+            return  # the common case: nothing stored per ping
+        strikes = self._strikes[protocol] = self._strikes.get(protocol, 0) + 1
+        if strikes > self.maxPingStrikes:
+            protocol.close(CloseCode.TOO_MANY_PINGS, "pinging faster than the interval")
+        else:
+            self.log.warn(
+                "{peer} pings too often ({gap:.3f}s apart, interval {interval}s): strike {strikes}",
+                peer=protocol.peer,
+                gap=gap,
+                interval=interval,
+                strikes=strikes,
+            )
 
     def heartbeatConnectionLost(self, protocol: HeartbeatProtocol, reason: Failure) -> None:
-        self._pings.pop(protocol, None)
+        self._strikes.pop(protocol, None)
         if protocol in self._refused:
             self._refused.discard(protocol)
             why = DisconnectReason.LIMIT

@@ -1,0 +1,267 @@
+"""
+Run every benchmark against its same-run baselines, print the table, and
+write bench/results.json (figures, ratios, targets, the machine).
+
+    python bench/run.py            # the full suite (~15 minutes on 2 cores)
+    python bench/run.py --quick    # smaller counts, one run each (< 2 minutes)
+    python bench/run.py --only idle,storm
+
+Each scenario is its own script in bench/ and can be run alone; see
+docs/performance.md for what each measures and the latest figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import busy_links
+import datapath
+import detection
+import idle_fleet
+import storm
+
+FULL: dict[str, dict[str, Any]] = {
+    "idle": {"connections": 10_000, "seconds": 30.0, "runs": 3},
+    "busy": {"connections": 1_000, "seconds": 10.0, "rate": 10.0},
+    "datapath": {"count": 500_000, "runs": 5},
+    "detection": {"count": 100, "interval": 1.0, "timeout": 3.0},
+    "storm": {"count": 5_000, "down": 5.0},
+}
+QUICK: dict[str, dict[str, Any]] = {
+    "idle": {"connections": 1_000, "seconds": 3.0, "runs": 1},
+    "busy": {"connections": 200, "seconds": 2.0, "rate": 10.0},
+    "datapath": {"count": 50_000, "runs": 1},
+    "detection": {"count": 100, "interval": 0.2, "timeout": 0.6},
+    "storm": {"count": 1_000, "down": 3.0},
+}
+SCENARIOS: dict[str, Callable[..., Any]] = {
+    "idle": idle_fleet.run,
+    "busy": busy_links.run,
+    "datapath": datapath.run,
+    "detection": detection.run,
+    "storm": storm.run,
+}
+
+
+def row(
+    scenario: str, metric: str, ours: float, baseline: Any, ratio: Any, target: str, met: bool
+) -> dict[str, Any]:
+    return {
+        "scenario": scenario,
+        "metric": metric,
+        "ours": ours,
+        "baseline": baseline,
+        "ratio": ratio,
+        "target": target,
+        "met": met,
+    }
+
+
+def table(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    idle = results.get("idle")
+    if idle:
+        ours = idle["ours"]
+        for base, limit in (("floor", 1.3), ("stock", 0.7), ("autobahn", 1.0)):
+            ratio = idle["ratios"][f"cpu vs {base}"]
+            rows.append(
+                row(
+                    "idle fleet",
+                    f"server CPU µs per heartbeat vs {base}",
+                    ours["cpuPerRoundTripUs"],
+                    idle[base]["cpuPerRoundTripUs"],
+                    ratio,
+                    f"<= {limit}" if base != "autobahn" else "< 1",
+                    ratio <= limit if base != "autobahn" else ratio < 1,
+                )
+            )
+        extra = idle["ratios"]["bytes/conn over floor"]
+        rows.append(
+            row(
+                "idle fleet",
+                "memory bytes per connection over a bare Protocol",
+                ours["bytesPerConnection"],
+                idle["floor"]["bytesPerConnection"],
+                extra,
+                "<= 2048",
+                extra <= 2048,
+            )
+        )
+    busy = results.get("busy")
+    if busy:
+        ours, stock = busy["ours"], busy["stock"]
+        pings = ours["serverPings"] + ours["clientPings"]
+        rows.append(
+            row(
+                "busy links",
+                "PINGs sent while traffic flows",
+                pings,
+                stock["serverPings"] + stock["clientPings"],
+                None,
+                "0",
+                pings == 0,
+            )
+        )
+        key = "serverTimerOpsPerMessage"
+        rows.append(
+            row(
+                "busy links",
+                "server timer calls per message",
+                ours[key],
+                stock[key],
+                None,
+                "< 0.01",
+                ours[key] < 0.01,
+            )
+        )
+        key = "clientTimerOpsPerConnectionSecond"
+        rows.append(
+            row(
+                "busy links",
+                f"client heartbeat timer calls per connection-second "
+                f"({busy['rate']:g} messages/s each)",
+                ours[key],
+                stock[key],
+                None,
+                # Re-armed once per interval (1 s), however many messages.
+                "<= 1.05 (one per interval)",
+                ours[key] <= 1.05,
+            )
+        )
+    for entry in results.get("datapath") or []:
+        limit = 0.9 if entry["size"] == 100 else 0.95
+        label = "100 B" if entry["size"] == 100 else "64 KiB"
+        rows.append(
+            row(
+                "data path",
+                f"throughput msg/s, {label} vs Int32StringReceiver",
+                entry["ours msg/s"],
+                entry["baseline msg/s"],
+                entry["ratio"],
+                f">= {limit}",
+                entry["ratio"] >= limit,
+            )
+        )
+    det = results.get("detection")
+    if det:
+        rows.append(
+            row(
+                "detection",
+                f"worst of {det['trials']} blackholes to abort, s "
+                f"(i={det['interval']}, t={det['timeout']}); median {det['median']}",
+                det["max"],
+                det["osKeepaliveSeconds"],
+                round(det["max"] / det["timeout"], 3),
+                "<= t + 0.05 s",
+                det["max"] <= det["timeout"] + 0.05,
+            )
+        )
+    st = results.get("storm")
+    if st:
+        for policy in st["policies"]:
+            full = policy["jitter"] == "full"
+            rows.append(
+                row(
+                    "reconnect storm",
+                    f"{policy['jitter']} jitter: peak / mean attempts per 100 ms; "
+                    f"all back after {policy['allBackAfter']} s",
+                    policy["attemptPeakPer100ms"],
+                    policy["attemptMeanPer100ms"],
+                    policy["attemptPeakOverMean"],
+                    "<= 2" if full else "-",
+                    policy["attemptPeakOverMean"] <= 2 if full else True,
+                )
+            )
+            rows.append(
+                row(
+                    "reconnect storm",
+                    f"{policy['jitter']} jitter: longest wait after restart, s",
+                    policy["longestWait"],
+                    policy["waitBound"],
+                    None,
+                    "<= max delay + interval",
+                    policy["longestWait"] <= policy["waitBound"],
+                )
+            )
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| scenario | metric | ours | baseline | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [r["scenario"], r["metric"], r["ours"], r["baseline"], r["ratio"], r["target"]]
+        cells.append("yes" if r["met"] else "**no**")
+        lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    import twisted
+
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import autobahn
+
+        info["autobahn"] = autobahn.__version__
+    except ImportError:
+        info["autobahn"] = None
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, one run each")
+    parser.add_argument("--only", default="", help="comma-separated: " + ",".join(SCENARIOS))
+    parser.add_argument(
+        "--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
+    )
+    args = parser.parse_args()
+    chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(sorted(unknown))}")
+    params = QUICK if args.quick else FULL
+    if "idle" in chosen:
+        try:
+            import autobahn  # noqa: F401
+        except ImportError:
+            parser.error("the idle fleet compares with autobahn: pip install autobahn")
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "parameters": {name: params[name] for name in chosen},
+    }
+    for name in chosen:
+        started = time.monotonic()
+        print(f"{name}: {params[name]} ...", file=sys.stderr, flush=True)
+        results[name] = SCENARIOS[name](**params[name])
+        print(f"{name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    results["table"] = table(results)
+    print(render(results["table"]))
+    with open(args.output, "w") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    print(f"\nwritten to {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
