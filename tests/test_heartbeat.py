@@ -25,6 +25,7 @@ from twisted_keepalive import (
     Role,
 )
 from twisted_keepalive.frames import (
+    PROTOCOL_VERSION,
     Close,
     Data,
     FrameDecoder,
@@ -549,7 +550,7 @@ class BadInputTests(ClockTestCase):
         s.makeConnection(transport)
         s.dataReceived(encodeHello(Hello(7, 1.0, 3.0, 4096)))
         reply = frames(transport.value())[0]
-        self.assertEqual(reply.version, 1)
+        self.assertEqual(reply.version, PROTOCOL_VERSION)
         s.close()
         s.connectionLost(Failure(ConnectionDone()))
 

@@ -8,6 +8,7 @@ while disconnected.
 from __future__ import annotations
 
 import contextlib
+import os
 import random as _random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,7 +38,9 @@ from twisted.python.failure import Failure
 from .backoff import RetryPolicy, backoffPolicy
 from .config import HeartbeatConfig
 from .errors import CloseCode, HeartbeatTimeout, KeepaliveError, LocalProtocolError, PeerClosed
+from .frames import SESSION_ID_BYTES
 from .heartbeat import HeartbeatProtocol, maybeGlobalReactor
+from .session import Overflow, QueueFull, Session
 
 
 class ClientState(Enum):
@@ -46,22 +49,6 @@ class ClientState(Enum):
     CONNECTED = "connected"  # handshake complete
     WAITING = "waiting"  # a retry is scheduled
     STOPPED = "stopped"
-
-
-class Overflow(Enum):
-    """
-    What L{KeepaliveClientFactory.sendMessage} does when the queue is full.
-    """
-
-    RAISE = "raise"
-    DROP_OLDEST = "drop-oldest"
-    DROP_NEWEST = "drop-newest"
-
-
-class QueueFull(LocalProtocolError):
-    """
-    The send queue is full and the overflow policy is L{Overflow.RAISE}.
-    """
 
 
 class ConnectTimeout(error.TimeoutError):
@@ -203,6 +190,8 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         maxRetries: int | None = None,
         queueSize: int = 1000,
         overflow: Overflow = Overflow.RAISE,
+        resume: bool = False,
+        resumeBytes: int = 16 << 20,
         reactor: Any = None,
         clock: IReactorTime | None = None,
         random: Callable[[], float] = _random.random,
@@ -231,6 +220,20 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self.queue: deque[bytes] = deque()
         self.queueSize = queueSize
         self.overflow = overflow
+        # With resume, the session's retransmit buffer is the queue: bounded
+        # by queueSize messages and resumeBytes, with the same overflow policy.
+        self.resumeSession: Session | None = (
+            Session(
+                os.urandom(SESSION_ID_BYTES),
+                maxMessages=max(queueSize, 1),
+                maxBytes=resumeBytes,
+                overflow=overflow,
+            )
+            if resume
+            else None
+        )
+        self.sessionsLost = 0
+        self.undelivered = 0
         self.state = ClientState.IDLE
         self.attempts = 0
         self.reconnects = 0
@@ -546,14 +549,23 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         """
         Send now if connected, else queue until the next handshake.
 
-        Delivery is at most once: a message written to a connection that
-        then dies may be lost with it.
+        Without C{resume}, delivery is at most once: a message written to a
+        connection that then dies may be lost with it.  With C{resume} (and
+        a server that keeps sessions) it is exactly once and in order: the
+        message is kept until the server acknowledges it and sent again
+        after a reconnection if need be; see L{sessionLost} for the one
+        exception.
 
-        @raise QueueFull: the queue is full and C{overflow} is RAISE.
+        @raise QueueFull: the queue (or the retransmit buffer) is full and
+            C{overflow} is RAISE.
         """
         protocol = self.connected
         if protocol is not None and protocol.isOpen:
             protocol.sendMessage(message)
+            return
+        if self.resumeSession is not None:
+            if self.resumeSession.store(message) is None:
+                self.dropped += 1  # DROP_NEWEST
             return
         if len(self.queue) >= self.queueSize:
             if self.overflow is Overflow.RAISE:
@@ -566,6 +578,20 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             else:
                 return
         self.queue.append(message)
+
+    def heartbeatSessionLost(self, protocol: HeartbeatProtocol, event: Any) -> None:
+        self.sessionsLost += 1
+        self.undelivered += len(event.undelivered)
+        self.sessionLost(event.undelivered, event.reason)
+
+    def sessionLost(self, undelivered: list[bytes], reason: str) -> None:
+        """
+        Override: the server no longer had our session (its grace period
+        ran out, or this is another server, or it keeps none), so the
+        messages in C{undelivered}, sent and never acknowledged, may or may
+        not have arrived.  They are not sent again; resend them here if
+        at-least-once suits the application.  Already logged.
+        """
 
     def stopTrying(self) -> None:
         """

@@ -38,6 +38,10 @@ class HeartbeatConfig:
         its buffer full (Twisted's producer API) before the peer is judged
         too slow and dropped with SLOW_CONSUMER; bounds memory per
         connection.
+    @ivar ackEvery: in a session, acknowledge at the latest after this many
+        messages received...
+    @ivar ackDelay: ...or this many seconds after the first unacknowledged
+        one, whichever comes first (an ACK also rides on any DATA we send).
     """
 
     interval: float = 10.0
@@ -51,6 +55,8 @@ class HeartbeatConfig:
     tcpKeepalive: TCPKeepalive | None = None
     maxPendingOutput: int = 4 << 20
     rttProbeEvery: int = 10
+    ackEvery: int = 32
+    ackDelay: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("interval", "timeout", "handshakeTimeout", "closeTimeout"):
@@ -73,6 +79,10 @@ class HeartbeatConfig:
             raise ValueError("clientId must be at most 255 bytes of UTF-8")
         if self.rttProbeEvery < 0:
             raise ValueError(f"rttProbeEvery must be >= 0, not {self.rttProbeEvery!r}")
+        if self.ackEvery < 1:
+            raise ValueError(f"ackEvery must be >= 1, not {self.ackEvery!r}")
+        if not isinstance(self.ackDelay, (int, float)) or not self.ackDelay > 0:
+            raise ValueError(f"ackDelay must be positive seconds, not {self.ackDelay!r}")
         if self.maxPendingOutput < 0:
             raise ValueError(f"maxPendingOutput must be >= 0, not {self.maxPendingOutput!r}")
         if self.token is not None and not 0 < len(self.token) <= MAX_FIELD_BYTES:

@@ -12,28 +12,37 @@ from __future__ import annotations
 
 import hmac
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from .config import HeartbeatConfig
 from .errors import CloseCode, LocalProtocolError, RemoteProtocolError
 from .frames import (
+    DATA_SEQ,
     EXTENSION_TYPE_MIN,
     HANDSHAKE_MAX_FRAME,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    SESSION_ID_BYTES,
+    SESSION_VERSION,
+    Ack,
     Close,
     FrameDecoder,
     FrameType,
     Hello,
     Pong,
+    encodeAck,
     encodeClose,
     encodeHello,
     encodePing,
+    encodeSequenced,
     parseFrame,
+    parseSequenced,
 )
 from .liveness import Liveness, Verdict
 from .rtt import RTTEstimator
+from .session import Session
 
 _packHeader = struct.Struct(">IBB").pack
 _PONG_HEADER = _packHeader(14, FrameType.PONG, 0)
@@ -93,6 +102,32 @@ class CloseReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionStarted:
+    """
+    The handshake attached a session (protocol version 2).
+
+    @ivar resumed: an existing session continues (C{replayed} messages were
+        sent again); otherwise a new one starts.
+    """
+
+    session: Session
+    resumed: bool
+    replayed: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLost:
+    """
+    The peer does not have our session (a server past its grace period, or
+    another server, or one without sessions): C{undelivered} were written
+    and never acknowledged, and are not sent again.
+    """
+
+    undelivered: list[bytes]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolFailed:
     """
     The peer broke the protocol; always the last event of a batch.
@@ -101,7 +136,21 @@ class ProtocolFailed:
     error: RemoteProtocolError
 
 
-Event = bytes | HandshakeCompleted | PongReceived | PingReceived | CloseReceived | ProtocolFailed
+Event = (
+    bytes
+    | HandshakeCompleted
+    | SessionStarted
+    | SessionLost
+    | PongReceived
+    | PingReceived
+    | CloseReceived
+    | ProtocolFailed
+)
+
+#: Server side: C{sessionFor(requestedId)} returns the session to attach
+#: (the one asked for if it is kept, else a new one) and whether it resumes.
+#: L{None}: this server keeps no sessions.
+SessionProvider = Callable[[bytes], tuple[Session, bool] | None]
 
 #: Pings whose PONG is awaited are kept to check each PONG and time it.  The
 #: timeout bounds how many can be outstanding; this caps it regardless.
@@ -141,6 +190,8 @@ class KeepaliveConnection:
         "pongsReceived",
         "role",
         "rtt",
+        "session",
+        "sessionFor",
         "state",
         "version",
     )
@@ -172,6 +223,11 @@ class KeepaliveConnection:
         # Seconds between the last two PINGs received (None before two):
         # servers police the ping rate with it.
         self.pingGap: float | None = None
+        # Client: the session to offer (set before initiate); server: where
+        # sessions come from.  After the handshake C{session} is the one in
+        # use on this connection, or None (no sequence numbers).
+        self.session: Session | None = None
+        self.sessionFor: SessionProvider | None = None
         self._lastPingAt: float | None = None
 
     @property
@@ -218,8 +274,16 @@ class KeepaliveConnection:
         if self.role is not Role.CLIENT:
             raise LocalProtocolError("only a client initiates the handshake")
         cfg = self.config
+        session = self.session
         hello = Hello(
-            PROTOCOL_VERSION, cfg.interval, cfg.timeout, cfg.maxFrame, cfg.clientId, cfg.token
+            PROTOCOL_VERSION,
+            cfg.interval,
+            cfg.timeout,
+            cfg.maxFrame,
+            cfg.clientId,
+            cfg.token,
+            None if session is None else session.id,
+            None if session is None else session.received,
         )
         self._emit(encodeHello(hello), now)
 
@@ -238,10 +302,59 @@ class KeepaliveConnection:
                 f"message of {len(payload)} bytes exceeds the peer's limit of "
                 f"{self.peerMaxFrame - 2}"
             )
+        if self.session is not None:
+            return self._sequenced(payload, now)
         self.bytesOut += length + 4
         self.messagesOut += 1
         self.liveness.lastSent = now
         return _packHeader(length, 4, 0) + payload  # encodeData, inlined: the hot path
+
+    def _sequenced(self, payload: bytes, now: float) -> bytes:
+        """
+        Store, number and frame a message of a session; an acknowledgement
+        we owe rides along.  Empty if the overflow policy dropped it.
+
+        @raise QueueFull: the retransmit buffer is full (policy RAISE).
+        """
+        session = self.session
+        assert session is not None
+        if len(payload) + 18 > self.peerMaxFrame:
+            raise LocalProtocolError(
+                f"message of {len(payload)} bytes exceeds the peer's limit of "
+                f"{self.peerMaxFrame - 18} in a session"
+            )
+        seq = session.store(payload)
+        if seq is None:
+            return b""
+        return self._frameStored(seq, payload, now)
+
+    def _frameStored(self, seq: int, payload: bytes, now: float) -> bytes:
+        session = self.session
+        assert session is not None
+        session.sent = seq
+        if session.pendingAcks:
+            session.pendingAcks = 0
+            frame = encodeSequenced(seq, payload, session.received)
+        else:
+            frame = encodeSequenced(seq, payload)
+        self.bytesOut += len(frame)
+        self.messagesOut += 1
+        self.liveness.lastSent = now
+        return frame
+
+    def flushAck(self, now: float) -> None:
+        """
+        Put an ACK in the outbox if we owe one (the shell's ack timer).
+        """
+        session = self.session
+        if session is not None and session.pendingAcks and self.state is _OPEN:
+            session.pendingAcks = 0
+            self._emit(encodeAck(session.received), now)
+
+    @property
+    def owesAck(self) -> bool:
+        """Messages were delivered that the peer has not heard we have."""
+        return self.session is not None and self.session.pendingAcks > 0
 
     def close(self, code: int, reason: str, retryAfter: float | None, now: float) -> None:
         """
@@ -307,6 +420,11 @@ class KeepaliveConnection:
         try:
             for ftype, flags, payload in self._decoder.feed(data):
                 if ftype == 4 and isOpen:  # DATA, the hot path
+                    if flags & DATA_SEQ:
+                        message = self._acceptSequenced(flags, payload)
+                        if message is None:
+                            continue  # a duplicate from a replay
+                        payload = message
                     messages += 1
                     append(payload)
                     continue
@@ -325,7 +443,19 @@ class KeepaliveConnection:
             self.close(e.code, str(e), None, now)
             append(ProtocolFailed(e))
         self.messagesIn += messages
+        session = self.session
+        if session is not None and session.pendingAcks >= self.config.ackEvery:
+            self.flushAck(now)
         return events
+
+    def _acceptSequenced(self, flags: int, payload: bytes) -> bytes | None:
+        session = self.session
+        if session is None:
+            raise RemoteProtocolError("DATA with a sequence number outside a session")
+        seq, ack, message = parseSequenced(flags, payload)
+        if ack is not None:
+            session.acknowledge(ack)
+        return message if session.accept(seq) else None
 
     def _control(
         self, ftype: int, flags: int, payload: bytes, now: float, events: list[Event]
@@ -342,11 +472,15 @@ class KeepaliveConnection:
                 raise RemoteProtocolError(
                     f"expected HELLO, got {FrameType(ftype).name} before the handshake"
                 )
-            events.append(self._handshake(frame, now))
+            self._handshake(frame, now, events)
             return
         # A well-formed PING was answered in receive; parseFrame rejected the rest.
         if isinstance(frame, Pong):
             events.append(PongReceived(self._pong(frame, now)))
+        elif isinstance(frame, Ack):
+            if self.session is None:
+                raise RemoteProtocolError("ACK outside a session")
+            self.session.acknowledge(frame.received)
         elif isinstance(frame, Hello):
             raise RemoteProtocolError("HELLO received after the handshake")
 
@@ -375,8 +509,9 @@ class KeepaliveConnection:
         self.pongsReceived += 1
         return rtt
 
-    def _handshake(self, hello: Hello, now: float) -> HandshakeCompleted:
+    def _handshake(self, hello: Hello, now: float, events: list[Event]) -> None:
         cfg = self.config
+        started: Event | None = None
         if hello.version < MIN_PROTOCOL_VERSION:
             raise RemoteProtocolError(
                 f"protocol version {hello.version} unsupported "
@@ -396,8 +531,33 @@ class KeepaliveConnection:
             # The server answers pings and evicts the silent; it pings only to
             # sample the RTT (rttProbeEvery), never on a timer.
             self.liveness.timeout = timeout
-            reply = Hello(version, interval, timeout, cfg.maxFrame)
+            session: Session | None = None
+            resumed = False
+            if (
+                version >= SESSION_VERSION
+                and hello.session is not None
+                and hello.received is not None
+                and self.sessionFor is not None
+            ):
+                if len(hello.session) != SESSION_ID_BYTES:
+                    raise RemoteProtocolError("a client names its session with 16 bytes")
+                found = self.sessionFor(hello.session)
+                if found is not None:
+                    session, resumed = found
+                    session.acknowledge(hello.received)
+            reply = Hello(
+                version,
+                interval,
+                timeout,
+                cfg.maxFrame,
+                # The id again: resumed; empty: a new session under that id.
+                session=None if session is None else session.id if resumed else b"",
+                received=None if session is None else session.received,
+            )
             self._emit(encodeHello(reply), now)
+            if session is not None:
+                self.session = session
+                started = SessionStarted(session, resumed, self._replay(now))
         else:
             if hello.version > PROTOCOL_VERSION:
                 raise RemoteProtocolError(
@@ -414,6 +574,7 @@ class KeepaliveConnection:
                 timeout = cfg.timeout * interval / cfg.interval
             self.liveness.interval = interval
             self.liveness.timeout = timeout
+            started = self._clientSession(hello, now, events)
         self.version = version
         self.interval = interval
         self.peerHello = hello
@@ -422,4 +583,57 @@ class KeepaliveConnection:
         self.state = State.OPEN
         self.handshakeAt = now
         self.liveness.lastPing = now
-        return HandshakeCompleted(hello, version, interval, timeout)
+        events.append(HandshakeCompleted(hello, version, interval, timeout))
+        if started is not None:
+            events.append(started)
+
+    def _clientSession(self, hello: Hello, now: float, events: list[Event]) -> Event | None:
+        """
+        The client's side of the session handshake: adopt, resume or restart
+        the session the server named, and queue what must be sent again.
+        """
+        session = self.session
+        if session is None:
+            return None
+        if hello.session is None or hello.received is None:
+            # A server without sessions: what was written is unconfirmed;
+            # what never was goes out as plain messages on this connection.
+            lost = session.restart()
+            self.session = None
+            for message in session.drain():
+                self._emitMessage(message, now)
+            events.append(SessionLost(lost, "the server does not keep sessions"))
+            return None
+        if hello.session not in (b"", session.id):
+            raise RemoteProtocolError("HELLO names another session than ours")
+        resumed = hello.session == session.id
+        if session.established and not resumed:
+            lost = session.restart()
+            events.append(SessionLost(lost, "the server no longer has the session"))
+        session.established = True
+        session.acknowledge(hello.received)
+        return SessionStarted(session, resumed, self._replay(now))
+
+    def _replay(self, now: float) -> int:
+        """
+        A session (re)starts on this connection: write everything the peer
+        has not acknowledged, in order.  Returns how many had been written
+        before (replayed, as opposed to stored while disconnected).
+        """
+        session = self.session
+        assert session is not None
+        previouslySent = session.sent
+        session.rewind()
+        replayed = 0
+        for seq, message in list(session.unsent()):
+            self._outbox.append(self._frameStored(seq, message, now))
+            if seq <= previouslySent:
+                replayed += 1
+        return replayed
+
+    def _emitMessage(self, message: bytes, now: float) -> None:
+        frame = _packHeader(len(message) + 2, 4, 0) + message
+        self._outbox.append(frame)
+        self.bytesOut += len(frame)
+        self.messagesOut += 1
+        self.liveness.lastSent = now

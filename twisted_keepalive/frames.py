@@ -21,8 +21,11 @@ from enum import IntEnum
 
 from .errors import CloseCode, RemoteProtocolError
 
-#: The protocol version this implementation speaks.
-PROTOCOL_VERSION = 1
+#: The protocol version this implementation speaks.  Version 2 adds
+#: sessions (sequence numbers, ACK, resume); a version-1 peer gets version 1.
+PROTOCOL_VERSION = 2
+#: The first version with sessions.
+SESSION_VERSION = 2
 #: The lowest version this implementation accepts.
 MIN_PROTOCOL_VERSION = 1
 
@@ -47,6 +50,8 @@ _HELLO_FIXED = struct.Struct(">BIII")
 _PING = struct.Struct(">IQ")
 _CLOSE_FIXED = struct.Struct(">HI")
 _TLV = struct.Struct(">BH")
+_U64 = struct.Struct(">Q")
+_U64U64 = struct.Struct(">QQ")
 
 
 class FrameType(IntEnum):
@@ -61,6 +66,16 @@ class FrameType(IntEnum):
     PONG = 0x03
     DATA = 0x04
     CLOSE = 0x05
+    ACK = 0x06  # version 2
+
+
+#: DATA flags (version 2, in a session): the payload starts with the
+#: message's sequence number (u64), then, with ACK, the sender's cumulative
+#: acknowledgement (u64), then the message.
+DATA_SEQ = 0x01
+DATA_ACK = 0x02
+#: Length of a session id.
+SESSION_ID_BYTES = 16
 
 
 EXTENSION_TYPE_MIN = 0x80
@@ -74,6 +89,8 @@ class HelloField(IntEnum):
 
     CLIENT_ID = 0x01
     TOKEN = 0x02
+    SESSION = 0x03  # version 2: session id (empty: "start one"), 0 or 16 bytes
+    RECEIVED = 0x04  # version 2: last sequence number received in order, u64
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +113,13 @@ class Hello:
     maxFrame: int
     clientId: str | None = None
     token: bytes | None = None
+    session: bytes | None = None
+    received: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    received: int  # cumulative: every message up to this sequence number
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +157,7 @@ class Extension:
     payload: bytes
 
 
-Frame = Hello | Ping | Pong | Close | Data | Extension
+Frame = Hello | Ping | Pong | Close | Data | Ack | Extension
 
 
 def _ms(seconds: float) -> int:
@@ -178,7 +202,38 @@ def encodeHello(hello: Hello) -> bytes:
         body.append(_TLV.pack(HelloField.CLIENT_ID, len(value)) + value)
     if hello.token is not None:
         body.append(_TLV.pack(HelloField.TOKEN, len(hello.token)) + hello.token)
+    if hello.session is not None:
+        body.append(_TLV.pack(HelloField.SESSION, len(hello.session)) + hello.session)
+    if hello.received is not None:
+        body.append(_TLV.pack(HelloField.RECEIVED, 8) + _U64.pack(hello.received))
     return _frame(FrameType.HELLO, b"".join(body))
+
+
+def encodeAck(received: int) -> bytes:
+    return _frame(FrameType.ACK, _U64.pack(received))
+
+
+def encodeSequenced(seq: int, message: bytes, ack: int | None = None) -> bytes:
+    """A DATA frame in a session: its sequence number, maybe an ACK, the message."""
+    if ack is None:
+        return _frame(FrameType.DATA, _U64.pack(seq) + message, DATA_SEQ)
+    return _frame(FrameType.DATA, _U64U64.pack(seq, ack) + message, DATA_SEQ | DATA_ACK)
+
+
+def parseSequenced(flags: int, payload: bytes) -> tuple[int, int | None, bytes]:
+    """
+    C{(seq, ack or None, message)} of a DATA frame with L{DATA_SEQ}.
+
+    @raise RemoteProtocolError: the payload is too short for its flags.
+    """
+    if flags & DATA_ACK:
+        if len(payload) < 16:
+            raise RemoteProtocolError("DATA with SEQ and ACK needs at least 16 bytes")
+        seq, ack = _U64U64.unpack_from(payload)
+        return seq, ack, payload[16:]
+    if len(payload) < 8:
+        raise RemoteProtocolError("DATA with SEQ needs at least 8 bytes")
+    return _U64.unpack_from(payload)[0], None, payload[8:]
 
 
 def encodeFrame(frame: Frame) -> bytes:
@@ -195,6 +250,8 @@ def encodeFrame(frame: Frame) -> bytes:
         return encodeClose(frame.code, frame.reason, frame.retryAfter)
     if isinstance(frame, Hello):
         return encodeHello(frame)
+    if isinstance(frame, Ack):
+        return encodeAck(frame.received)
     return _frame(frame.type, frame.payload, frame.flags)
 
 
@@ -204,6 +261,8 @@ def _parseHello(payload: bytes) -> Hello:
     version, intervalMs, timeoutMs, maxFrame = _HELLO_FIXED.unpack_from(payload)
     clientId: str | None = None
     token: bytes | None = None
+    session: bytes | None = None
+    received: int | None = None
     seen: set[int] = set()
     offset = _HELLO_FIXED.size
     while offset < len(payload):
@@ -229,10 +288,22 @@ def _parseHello(payload: bytes) -> Hello:
             if size > MAX_FIELD_BYTES:
                 raise RemoteProtocolError("HELLO token longer than 255 bytes")
             token = value
+        elif tag == HelloField.SESSION:
+            if size not in (0, SESSION_ID_BYTES):
+                raise RemoteProtocolError(f"HELLO session id is {size} bytes, not 0 or 16")
+            session = value
+        elif tag == HelloField.RECEIVED:
+            if size != 8:
+                raise RemoteProtocolError(f"HELLO received field is {size} bytes, not 8")
+            received = _U64.unpack(value)[0]
         # Unknown tags are skipped: that is how later versions extend HELLO.
     if maxFrame < MIN_MAX_FRAME:
         raise RemoteProtocolError(f"HELLO max_frame {maxFrame} is below {MIN_MAX_FRAME}")
-    return Hello(version, intervalMs / 1000, timeoutMs / 1000, maxFrame, clientId, token)
+    if (session is None) != (received is None):
+        raise RemoteProtocolError("HELLO session and received fields come together")
+    return Hello(
+        version, intervalMs / 1000, timeoutMs / 1000, maxFrame, clientId, token, session, received
+    )
 
 
 def parseFrame(ftype: int, flags: int, payload: bytes) -> Frame:
@@ -258,6 +329,10 @@ def parseFrame(ftype: int, flags: int, payload: bytes) -> Frame:
         return Close(code, reason, None if hint == NO_RETRY_HINT else hint / 1000)
     if ftype == FrameType.HELLO:
         return _parseHello(payload)
+    if ftype == FrameType.ACK:
+        if len(payload) != 8:
+            raise RemoteProtocolError(f"ACK payload is {len(payload)} bytes, must be 8")
+        return Ack(_U64.unpack(payload)[0])
     if ftype >= EXTENSION_TYPE_MIN:
         return Extension(ftype, flags, payload)
     raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")

@@ -28,6 +28,8 @@ from .connection import (
     PongReceived,
     ProtocolFailed,
     Role,
+    SessionLost,
+    SessionStarted,
     State,
     _packHeader,
 )
@@ -43,6 +45,7 @@ from .errors import (
 )
 from .liveness import Verdict
 from .rtt import RTTEstimator
+from .session import Session
 from .sweep import IdleSweeper
 from .tcp import applyTCPKeepalive, findSocket
 from .timer import IdleTimer
@@ -168,6 +171,7 @@ class HeartbeatProtocol(Protocol):
         self._sweeper: IdleSweeper | None = None
         self._handshakeCall: IDelayedCall | None = None
         self._closeCall: IDelayedCall | None = None
+        self._ackCall: IDelayedCall | None = None
         self._reason: Exception | None = None
         self.peer = "unknown peer"
         self.outputPaused = False
@@ -217,6 +221,13 @@ class HeartbeatProtocol(Protocol):
         notify = getattr(self.factory, "heartbeatConnectionMade", None)
         if notify is not None:
             notify(self)  # a server factory may refuse the connection here
+        if core.role is Role.CLIENT:
+            # A session to offer (KeepaliveClientFactory with resume=True).
+            core.session = getattr(self.factory, "resumeSession", None)
+        else:
+            sessionFor = getattr(self.factory, "heartbeatSessionFor", None)
+            if sessionFor is not None:
+                core.sessionFor = lambda requested: sessionFor(self, requested)
         if core.role is Role.CLIENT and not core.isClosed:
             core.initiate(now)
             self._flush()
@@ -228,6 +239,9 @@ class HeartbeatProtocol(Protocol):
         events = core.receive(data, self._now())
         if core.hasOutput:
             self._flush()  # PONGs, a server HELLO, or the CLOSE naming a fault
+        if core.session is not None and core.owesAck and self._ackCall is None:
+            # One timer per ack period, not per message (ackEvery sends at once).
+            self._ackCall = self.clock.callLater(self.config.ackDelay, self._sendAck)
         # Input that ended the connection (a CLOSE, a fault) still delivers
         # everything that came before it; only the application closing the
         # connection meanwhile stops the delivery.
@@ -308,8 +322,13 @@ class HeartbeatProtocol(Protocol):
         """
         core = self.core
         length = len(message) + 2
-        if core is None or core.state is not _OPEN or length > core.peerMaxFrame:
-            self._sendCarefully(message)  # raises the precise error
+        if (
+            core is None
+            or core.state is not _OPEN
+            or length > core.peerMaxFrame
+            or core.session is not None
+        ):
+            self._sendCarefully(message)  # a session, or raises the precise error
             return
         # The hot path, measured in bench/datapath.py: the engine's
         # encodeMessage inlined (same checks above, same bookkeeping here),
@@ -325,11 +344,14 @@ class HeartbeatProtocol(Protocol):
 
     def _sendCarefully(self, message: bytes) -> None:
         """
-        The cases that raise: not connected, not open, too large.
+        A message of a session, or the cases that raise: not connected, not
+        open, too large, retransmit buffer full.
         """
         if self.core is None:
             raise LocalProtocolError("cannot send: not connected")
-        self._write(self.core.encodeMessage(message, self._now()))
+        frame = self.core.encodeMessage(message, self._now())
+        if frame:  # else the session's overflow policy dropped it
+            self._write(frame)
 
     def close(
         self,
@@ -481,6 +503,12 @@ class HeartbeatProtocol(Protocol):
         # It is not reading, so a CLOSE would not reach it: abort.
         self.abort(ClosedLocally(CloseCode.SLOW_CONSUMER, f"over {limit} bytes unread"))
 
+    def _sendAck(self) -> None:
+        self._ackCall = None
+        if self.core is not None:
+            self.core.flushAck(self._now())
+            self._flush()
+
     def _dispatch(self, event: object) -> None:
         if type(event) is PingReceived:  # the common one first
             self.pingReceived(event.at)
@@ -492,6 +520,47 @@ class HeartbeatProtocol(Protocol):
             self._handshakeDone(event)
         elif isinstance(event, CloseReceived):
             self._peerClosed(event)
+        elif isinstance(event, SessionStarted):
+            if event.resumed:
+                self.log.info(
+                    "Session resumed with {peer}: {replayed} messages sent again",
+                    peer=self.peer,
+                    replayed=event.replayed,
+                )
+            self.sessionStarted(event.session, event.resumed)
+            notify = getattr(self.factory, "heartbeatSessionStarted", None)
+            if notify is not None:
+                notify(self, event)
+        elif isinstance(event, SessionLost):
+            self.log.warn(
+                "Session lost with {peer} ({reason}): {count} messages may not have arrived",
+                peer=self.peer,
+                reason=event.reason,
+                count=len(event.undelivered),
+            )
+            self.sessionLost(event.undelivered, event.reason)
+            notify = getattr(self.factory, "heartbeatSessionLost", None)
+            if notify is not None:
+                notify(self, event)
+
+    def sessionStarted(self, session: Session, resumed: bool) -> None:
+        """
+        The handshake attached a session (both sides asked for one): new,
+        or C{resumed} with what the peer missed already sent again.
+        """
+
+    def sessionLost(self, undelivered: list[bytes], reason: str) -> None:
+        """
+        The peer no longer has our session: C{undelivered} were sent and
+        never acknowledged; they may or may not have arrived and are not
+        sent again.  Messages queued but never sent are not among them:
+        they go out on this connection.
+        """
+
+    @property
+    def session(self) -> Session | None:
+        """The session in use on this connection, if any."""
+        return None if self.core is None else self.core.session
 
     def pingReceived(self, at: float) -> None:
         """
@@ -601,7 +670,7 @@ class HeartbeatProtocol(Protocol):
         if self._sweeper is not None:
             self._sweeper.remove(self)
             self._sweeper = None
-        for name in ("_handshakeCall", "_closeCall"):
+        for name in ("_handshakeCall", "_closeCall", "_ackCall"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()

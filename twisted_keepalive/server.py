@@ -27,6 +27,7 @@ from .errors import (
     ProtocolViolation,
 )
 from .heartbeat import HeartbeatProtocol, describePeer, maybeGlobalReactor
+from .session import Overflow, Session
 from .sweep import IdleSweeper
 
 
@@ -142,6 +143,10 @@ class KeepaliveServerFactory(ServerFactory):
         pingTolerance: float = 0.5,
         maxPingStrikes: int = 2,
         sweepPeriod: float = 1.0,
+        sessionGrace: float | None = 60.0,
+        sessionBuffer: int = 10_000,
+        sessionBytes: int = 16 << 20,
+        sessionOverflow: Overflow = Overflow.RAISE,
         clock: IReactorTime | None = None,
         random: Callable[[], float] = _random.random,
     ) -> None:
@@ -165,6 +170,19 @@ class KeepaliveServerFactory(ServerFactory):
         self._shutdown: Deferred[None] | None = None
         self._shutdownCall: IDelayedCall | None = None
         self.sweepPeriod = sweepPeriod
+        if sessionGrace is not None and not sessionGrace >= 0:
+            raise ValueError(f"sessionGrace must be >= 0 seconds or None, not {sessionGrace!r}")
+        self.sessionGrace = sessionGrace
+        self.sessionBuffer = sessionBuffer
+        self.sessionBytes = sessionBytes
+        self.sessionOverflow = sessionOverflow
+        #: Sessions by id: attached to a connection, or within their grace
+        #: period after it was lost.
+        self.sessions: dict[bytes, Session] = {}
+        self._sessionOwner: dict[bytes, HeartbeatProtocol] = {}
+        self._graceCalls: dict[bytes, IDelayedCall] = {}
+        self.sessionsExpired = 0
+        self.sessionsResumed = 0
         self._sweeper: IdleSweeper | None = None
 
     @property
@@ -248,8 +266,86 @@ class KeepaliveServerFactory(ServerFactory):
                 strikes=strikes,
             )
 
+    # Sessions (protocol version 2, clients that ask for them)
+
+    def heartbeatSessionFor(
+        self, protocol: HeartbeatProtocol, requested: bytes
+    ) -> tuple[Session, bool] | None:
+        """
+        The session for a client's HELLO: the one it names if we still keep
+        it (taken over from an older connection that has not died yet),
+        else a new one; L{None} if sessions are off (C{sessionGrace=None}).
+        """
+        if self.sessionGrace is None:
+            return None
+        session = self.sessions.get(requested)
+        if session is not None:
+            call = self._graceCalls.pop(requested, None)
+            if call is not None and call.active():
+                call.cancel()
+            old = self._sessionOwner.get(requested)
+            if old is not None and old is not protocol and old.core is not None:
+                old.core.session = None  # nothing more reaches the session through it
+                old.abort(ClosedLocally(CloseCode.NORMAL, "session resumed on a new connection"))
+            self._sessionOwner[requested] = protocol
+            self.sessionsResumed += 1
+            return session, True
+        session = Session(
+            requested,
+            maxMessages=self.sessionBuffer,
+            maxBytes=self.sessionBytes,
+            overflow=self.sessionOverflow,
+        )
+        self.sessions[session.id] = session
+        self._sessionOwner[session.id] = protocol
+        return session, False
+
+    def _keepSession(self, protocol: HeartbeatProtocol) -> None:
+        session = protocol.core.session if protocol.core is not None else None
+        if session is None or self._sessionOwner.get(session.id) is not protocol:
+            return
+        del self._sessionOwner[session.id]
+        assert self.sessionGrace is not None
+        self._graceCalls[session.id] = self._clock.callLater(
+            self.sessionGrace, self._expireSession, session.id
+        )
+
+    def _expireSession(self, sessionId: bytes) -> None:
+        self._graceCalls.pop(sessionId, None)
+        session = self.sessions.pop(sessionId, None)
+        if session is None:
+            return
+        self.sessionsExpired += 1
+        self.log.warn(
+            "Session {session} expired after {grace}s: {count} messages to it undelivered",
+            session=sessionId.hex(),
+            grace=self.sessionGrace,
+            count=len(session),
+        )
+        self.sessionExpired(session)
+
+    def sessionExpired(self, session: Session) -> None:
+        """
+        Override: a disconnected client did not come back within
+        C{sessionGrace}; the C{len(session)} messages to it that it had not
+        acknowledged are dropped.  Already logged.
+        """
+
+    def forgetSessions(self) -> None:
+        """
+        Drop every session kept for a disconnected client, now (no
+        C{sessionExpired} calls): on shutdown, or to free memory.
+        """
+        for call in self._graceCalls.values():
+            if call.active():
+                call.cancel()
+        for sessionId in self._graceCalls:
+            self.sessions.pop(sessionId, None)
+        self._graceCalls.clear()
+
     def heartbeatConnectionLost(self, protocol: HeartbeatProtocol, reason: Failure) -> None:
         self._strikes.pop(protocol, None)
+        self._keepSession(protocol)
         if protocol in self._refused:
             self._refused.discard(protocol)
             why = DisconnectReason.LIMIT
@@ -363,6 +459,7 @@ class KeepaliveServerFactory(ServerFactory):
             protocol.abort(ClosedLocally(CloseCode.GOING_AWAY, "shutdown timeout"))
 
     def _finishShutdown(self) -> None:
+        self.forgetSessions()
         if self._shutdownCall is not None and self._shutdownCall.active():
             self._shutdownCall.cancel()
         self._shutdownCall = None

@@ -1,0 +1,222 @@
+"""
+A session: what makes delivery exactly-once and in order across
+reconnections (protocol version 2).
+
+Pure bookkeeping, no I/O.  Each side numbers the messages it sends (from 1)
+and keeps each one until the peer acknowledges it cumulatively; each side
+remembers the highest number it delivered and drops anything at or below
+it.  After a reconnection the two HELLOs carry the session id and that
+number, so each side resends exactly what the other has not received.
+
+See docs/protocol.md, "Sessions", for the wire format and the guarantee.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from enum import Enum
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+
+class Overflow(Enum):
+    """
+    What a full send queue or retransmit buffer does with one more message.
+    """
+
+    RAISE = "raise"
+    DROP_OLDEST = "drop-oldest"
+    DROP_NEWEST = "drop-newest"
+
+
+class QueueFull(LocalProtocolError):
+    """
+    The send queue or retransmit buffer is full and the overflow policy is
+    L{Overflow.RAISE}.
+    """
+
+
+class Session:
+    """
+    One side's state of a session.
+
+    @ivar id: 16 random bytes chosen by the client, which names the session
+        in each HELLO (so a first handshake cut short can still be resumed).
+    @ivar established: a handshake has attached it; if the server then
+        starts it afresh, what was in flight is lost.
+    @ivar nextSeq: the number the next stored message gets.
+    @ivar sent: the highest number written to any connection so far.
+    @ivar acked: the highest number the peer acknowledged.
+    @ivar received: the highest number delivered to the application.
+    @ivar pendingAcks: messages delivered since the last acknowledgement
+        we sent.
+    @ivar duplicates: messages dropped because they were delivered before.
+    @ivar missing: numbers skipped by the peer (its DROP_OLDEST overflow).
+    @ivar dropped: messages this side dropped by its overflow policy.
+    """
+
+    __slots__ = (
+        "_unacked",
+        "acked",
+        "dropped",
+        "duplicates",
+        "established",
+        "id",
+        "maxBytes",
+        "maxMessages",
+        "missing",
+        "nextSeq",
+        "overflow",
+        "pendingAcks",
+        "received",
+        "sent",
+        "unackedBytes",
+    )
+
+    def __init__(
+        self,
+        sessionId: bytes = b"",
+        *,
+        maxMessages: int = 10_000,
+        maxBytes: int = 16 << 20,
+        overflow: Overflow = Overflow.RAISE,
+    ) -> None:
+        if maxMessages < 1 or maxBytes < 1:
+            raise ValueError("a retransmit buffer needs room for at least one message")
+        self.id = sessionId
+        self.established = False
+        self.maxMessages = maxMessages
+        self.maxBytes = maxBytes
+        self.overflow = overflow
+        self.nextSeq = 1
+        self.sent = 0
+        self.acked = 0
+        self.received = 0
+        self.pendingAcks = 0
+        self.duplicates = 0
+        self.missing = 0
+        self.dropped = 0
+        self._unacked: deque[tuple[int, bytes]] = deque()
+        self.unackedBytes = 0
+
+    def __len__(self) -> int:
+        """Messages stored and not yet acknowledged (sent or not)."""
+        return len(self._unacked)
+
+    # Sending
+
+    def store(self, message: bytes) -> int | None:
+        """
+        Number C{message} and keep it until acknowledged.
+
+        @return: its sequence number, or L{None} if the overflow policy
+            dropped it (L{Overflow.DROP_NEWEST}).
+        @raise QueueFull: the buffer is full and the policy is RAISE.
+        """
+        size = len(message)
+        if size > self.maxBytes:
+            raise QueueFull(f"message of {size} bytes exceeds the retransmit buffer")
+        while len(self._unacked) >= self.maxMessages or self.unackedBytes + size > self.maxBytes:
+            if self.overflow is Overflow.RAISE:
+                raise QueueFull(
+                    f"retransmit buffer is full ({len(self._unacked)} messages, "
+                    f"{self.unackedBytes} bytes unacknowledged)"
+                )
+            self.dropped += 1
+            if self.overflow is Overflow.DROP_NEWEST:
+                return None
+            _, old = self._unacked.popleft()
+            self.unackedBytes -= len(old)
+        seq = self.nextSeq
+        self.nextSeq = seq + 1
+        self._unacked.append((seq, message))
+        self.unackedBytes += size
+        return seq
+
+    def acknowledge(self, upTo: int) -> int:
+        """
+        The peer has every message up to C{upTo}: forget them.
+
+        @return: how many were freed.
+        @raise RemoteProtocolError: C{upTo} acknowledges a message never sent.
+        """
+        if upTo > self.sent:
+            raise RemoteProtocolError(
+                f"acknowledgement of message {upTo}, but only {self.sent} were sent"
+            )
+        if upTo <= self.acked:
+            return 0
+        self.acked = upTo
+        freed = 0
+        unacked = self._unacked
+        while unacked and unacked[0][0] <= upTo:
+            self.unackedBytes -= len(unacked.popleft()[1])
+            freed += 1
+        return freed
+
+    def unsent(self) -> Iterator[tuple[int, bytes]]:
+        """
+        The stored messages to write now: after a resume, everything not
+        acknowledged; otherwise, those stored while disconnected.
+        """
+        for seq, message in self._unacked:
+            if seq > self.sent:
+                yield seq, message
+
+    def rewind(self) -> None:
+        """
+        A new connection: what the peer has not acknowledged must be sent
+        again.
+        """
+        self.sent = self.acked
+
+    # Receiving
+
+    def accept(self, seq: int) -> bool:
+        """
+        Whether the message numbered C{seq} is new (deliver it) or a
+        duplicate from a replay (drop it).
+        """
+        received = self.received
+        if seq <= received:
+            self.duplicates += 1
+            return False
+        if seq != received + 1:
+            self.missing += seq - received - 1
+        self.received = seq
+        self.pendingAcks += 1
+        return True
+
+    # Loss
+
+    def restart(self) -> list[bytes]:
+        """
+        The peer does not know this session (its grace period ran out, or
+        this is another server): start it afresh.
+
+        @return: the messages that were written and not acknowledged: they
+            may or may not have arrived, and are not resent.  Those never
+            written are kept, renumbered from 1, and go out in the new
+            session.
+        """
+        lost = [m for seq, m in self._unacked if seq <= self.sent]
+        keep = [m for seq, m in self._unacked if seq > self.sent]
+        self.nextSeq = 1
+        self.sent = self.acked = self.received = self.pendingAcks = 0
+        self._unacked.clear()
+        self.unackedBytes = 0
+        for m in keep:
+            self.store(m)
+        return lost
+
+    def drain(self) -> list[bytes]:
+        """
+        Take every stored message out (to send without a session) and
+        forget them.
+        """
+        messages = [m for _, m in self._unacked]
+        self._unacked.clear()
+        self.unackedBytes = 0
+        self.sent = self.acked = self.nextSeq - 1
+        return messages
