@@ -179,6 +179,8 @@ class KeepaliveClientService(Service):
             connectTimeout=options["connect-timeout"],
             maxRetries=options["max-retries"],
             queueSize=options["queue-size"],
+            # A pipe of lines must survive drops: exactly once, in order.
+            resume=bool(options["stdio"]) and options["raw"] is None,
         )
         self.factory.service = self
         raw = options["raw"]
@@ -190,6 +192,8 @@ class KeepaliveClientService(Service):
         self.registry, self.rtt = metricsRegistry(self, "Heartbeat round-trip time.")
         self.stdio: StandardIO | None = None
         self._stdinDone = False
+        self._stopping = False
+        self._drainCheck: Any = None
         self.factory.addStateObserver(self._stateChanged)
 
     def startService(self) -> None:
@@ -237,10 +241,23 @@ class KeepaliveClientService(Service):
             self._stopIfDrained()
 
     def _stopIfDrained(self) -> None:
-        # Standard input is done and every line has been written: leave.
-        if self._stdinDone and not self.factory.queue and self.factory.connected is not None:
-            log.info("Standard input closed and every line sent; stopping")
+        # Standard input is done and every line has been written (with a
+        # session: acknowledged by the server): leave.
+        f = self.factory
+        if not self._stdinDone or self._stopping:
+            return
+        unacked = len(f.resumeSession) if f.resumeSession is not None else 0
+        if not f.queue and not unacked and f.connected is not None:
+            self._stopping = True
+            log.info("Standard input closed and every line delivered; stopping")
             reactor.callLater(0.2, reactor.stop)
+        elif unacked and f.connected is not None and self._drainCheck is None:
+            # Waiting for the server's acknowledgements (a few ackDelays).
+            self._drainCheck = reactor.callLater(0.05, self._checkAgain)
+
+    def _checkAgain(self) -> None:
+        self._drainCheck = None
+        self._stopIfDrained()
 
     # status
 
@@ -269,6 +286,8 @@ class KeepaliveClientService(Service):
             "heartbeat_timeouts": f.heartbeatTimeouts,
             "connected_since": f.connectedSince,
             "queued": len(f.queue),
+            "unacknowledged": len(f.resumeSession) if f.resumeSession is not None else 0,
+            "sessions_lost": f.sessionsLost,
             "attempts": f.attempts,
             "failures": f.failures,
             "last_error": f.lastError,
@@ -312,8 +331,11 @@ class KeepaliveServerService(_Listener):
     def __init__(self, options: Options) -> None:
         self.options = options
         self.mode = "server"
+        grace = options["session-grace"]
         self.factory = _ModeServerFactory(
-            options["heartbeat"], maxConnections=options["max-connections"]
+            options["heartbeat"],
+            maxConnections=options["max-connections"],
+            sessionGrace=grace if grace > 0 else None,
         )
         self.factory.mode = options["mode"]
         self.factory.service = self
@@ -344,6 +366,9 @@ class KeepaliveServerService(_Listener):
             ],
             "evictions": f.evictions,
             "disconnects": {reason.value: n for reason, n in f.counts.items() if n},
+            "sessions": len(f.sessions),
+            "sessions_resumed": f.sessionsResumed,
+            "sessions_expired": f.sessionsExpired,
             **self.totals.withLive(list(f.connections)),
         }
 

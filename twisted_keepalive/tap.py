@@ -93,7 +93,8 @@ class Options(usage.Options):
             "stdio",
             None,
             "Client: send each line of standard input as a message; write each "
-            "message received to standard output.",
+            "message received to standard output.  Lines survive reconnections "
+            "exactly once and in order (a session; see --session-grace).",
         ],
     ]
 
@@ -155,6 +156,14 @@ class Options(usage.Options):
             10.0,
             "Client: seconds a connection must stay up before the backoff resets.",
             _seconds("--reset-after", allowZero=True),
+        ],
+        [
+            "session-grace",
+            None,
+            60.0,
+            "Server: seconds a disconnected client's session (its unacknowledged "
+            "messages) is kept for it to resume; 0 turns sessions off.",
+            _seconds("--session-grace", allowZero=True),
         ],
         [
             "connect-timeout",
