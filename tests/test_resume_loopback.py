@@ -93,7 +93,7 @@ def test_hundredThousandEachWayThroughHundredDrops() -> Any:
         stableAfter=0.2,
     )
     client.protocol = Client
-    client.received = Received()  # type: ignore[attr-defined]
+    client.received = Received()
     session = client.resumeSession
     assert session is not None
     state = {"sent": 0}
@@ -136,13 +136,11 @@ def test_hundredThousandEachWayThroughHundredDrops() -> Any:
         faultsDone = time.monotonic() - started
         deadline = time.monotonic() + 120
         while (
-            client.received.next < COUNT  # type: ignore[attr-defined]
-            or server.received.next < COUNT
-            or len(session)
+            client.received.next < COUNT or server.received.next < COUNT or len(session)
         ) and time.monotonic() < deadline:
             yield deferLater(reactor, 0.05, lambda: None)
         elapsed = time.monotonic() - started
-        got = client.received  # type: ignore[attr-defined]
+        got = client.received
         assert (resets, blackholes) == (67, 33)
         assert server.received.wrong == [] and got.wrong == []  # no gap, duplicate, reorder
         assert (server.received.next, got.next) == (COUNT, COUNT)
