@@ -138,7 +138,17 @@ def sender(kind: str, port: int, count: int, size: int) -> None:
         def handshakeCompleted(self) -> None:
             # The transport's producer slot is the protocol's own (it bounds
             # its output); application producers register with the protocol.
-            Pump(self.sendMessage, self, self.transport.loseConnection).go()
+            Pump(self.sendMessage, self, self.finish).go()
+
+        def finish(self) -> None:
+            # In a session, close once everything is acknowledged: closing
+            # with the receiver's ACKs still coming would make our kernel
+            # answer them with a reset, and a reset discards what the
+            # receiver has not read yet.
+            if self.session is not None and len(self.session):
+                reactor.callLater(0.01, self.finish)  # type: ignore[attr-defined]
+            else:
+                self.transport.loseConnection()
 
         def connectionClosed(self, reason: Any) -> None:
             reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
