@@ -179,6 +179,7 @@ class KeepaliveConnection:
         "connectedAt",
         "controlIn",
         "controlOut",
+        "fastLimit",
         "handshakeAt",
         "interval",
         "liveness",
@@ -206,6 +207,7 @@ class KeepaliveConnection:
         self.interval: float | None = None  # negotiated, both roles
         self.peerHello: Hello | None = None
         self.peerMaxFrame = HANDSHAKE_MAX_FRAME
+        self.fastLimit = -1  # see HeartbeatProtocol.sendMessage
         self.liveness = Liveness(None, None, now)
         self.rtt = RTTEstimator()
         self.connectedAt = now
@@ -422,7 +424,7 @@ class KeepaliveConnection:
         try:
             for ftype, flags, payload in self._decoder.feed(data):
                 if ftype == 4 and isOpen:  # DATA, the hot path
-                    if flags & DATA_SEQ:
+                    if flags and flags & DATA_SEQ:
                         message = self._acceptSequenced(flags, payload)
                         if message is None:
                             continue  # a duplicate from a replay
@@ -589,6 +591,7 @@ class KeepaliveConnection:
         self.interval = interval
         self.peerHello = hello
         self.peerMaxFrame = hello.maxFrame
+        self.fastLimit = -1 if self.session is not None else hello.maxFrame
         self._decoder.maxFrame = cfg.maxFrame
         self.state = State.OPEN
         self.handshakeAt = now

@@ -322,12 +322,9 @@ class HeartbeatProtocol(Protocol):
         """
         core = self.core
         length = len(message) + 2
-        if (
-            core is None
-            or core.state is not _OPEN
-            or length > core.peerMaxFrame
-            or core.session is not None
-        ):
+        # fastLimit is the peer's frame limit, or -1 in a session (numbered
+        # and kept messages take the careful path): one comparison for both.
+        if core is None or core.state is not _OPEN or length > core.fastLimit:
             self._sendCarefully(message)  # a session, or raises the precise error
             return
         # The hot path, measured in bench/datapath.py: the engine's

@@ -161,6 +161,11 @@ class _StdinLines(LineReceiver):
         pass
 
 
+#: With --stdio, after standard input ends and every line is acknowledged,
+#: how long nothing must arrive before the client leaves.
+STDIO_QUIET = 0.5
+
+
 class KeepaliveClientService(Service):
     """
     Keeps a connection to the configured servers alive; with C{--stdio},
@@ -193,6 +198,7 @@ class KeepaliveClientService(Service):
         self.stdio: StandardIO | None = None
         self._stdinDone = False
         self._stopping = False
+        self._lastDelivered = 0.0
         self._drainCheck: Any = None
         self.factory.addStateObserver(self._stateChanged)
 
@@ -229,6 +235,7 @@ class KeepaliveClientService(Service):
             log.warn("Line not sent: {error}", error=str(e))
 
     def deliver(self, message: bytes) -> None:
+        self._lastDelivered = reactor.seconds()
         if self.stdio is not None:
             self.stdio.write(message + b"\n")
 
@@ -247,12 +254,16 @@ class KeepaliveClientService(Service):
         if not self._stdinDone or self._stopping:
             return
         unacked = len(f.resumeSession) if f.resumeSession is not None else 0
-        if not f.queue and not unacked and f.connected is not None:
+        # Replies may still be on their way (a replay after a resume): leave
+        # once nothing has arrived for STDIO_QUIET seconds.
+        quiet = reactor.seconds() - self._lastDelivered >= STDIO_QUIET
+        if not f.queue and not unacked and quiet and f.connected is not None:
             self._stopping = True
             log.info("Standard input closed and every line delivered; stopping")
             reactor.callLater(0.2, reactor.stop)
-        elif unacked and f.connected is not None and self._drainCheck is None:
-            # Waiting for the server's acknowledgements (a few ackDelays).
+        elif self._drainCheck is None:
+            # Waiting for the server's acknowledgements (a few ackDelays),
+            # for the replies to stop, or for a connection.
             self._drainCheck = reactor.callLater(0.05, self._checkAgain)
 
     def _checkAgain(self) -> None:
