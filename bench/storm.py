@@ -4,7 +4,7 @@ Reconnect storm: N clients connected to one server; the server is killed
 while, and a new server process listens on the same port.  Measured on the
 new server: when each client completes its handshake.
 
-    python bench/storm.py [--clients 5000] [--down 1.0] [--jitters none,full,...]
+    python bench/storm.py [--clients 5000] [--down 5.0] [--jitters none,full,...]
 
 For each jitter policy (exponential growth, initial delay 0.1 s, max delay
 2 s): the time from the restart until every client is back, the connections
@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=5000)
     parser.add_argument("--jitter", default="full", choices=JITTERS)
     parser.add_argument("--jitters", default=",".join(JITTERS))
-    parser.add_argument("--down", type=float, default=1.0)
+    parser.add_argument("--down", type=float, default=5.0)
     args = parser.parse_args()
     if args.role == "server":
         server(args.port)

@@ -239,7 +239,7 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self.reconnects = 0
         self.heartbeatTimeouts = 0
         self.failures = 0
-        self.dropped = 0
+        self._queueDropped = 0
         self.currentServer: str | None = None
         self.connected: HeartbeatProtocol | None = None
         self.connectedSince: float | None = None
@@ -545,6 +545,15 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self._waiters = [w for w in self._waiters if not which(w[1])]
         return chosen
 
+    @property
+    def dropped(self) -> int:
+        """
+        Messages the overflow policy dropped: from the send queue, or with
+        C{resume} from the retransmit buffer (connected or not).
+        """
+        session = self.resumeSession
+        return self._queueDropped + (session.dropped if session is not None else 0)
+
     def sendMessage(self, message: bytes) -> None:
         """
         Send now if connected, else queue until the next handshake.
@@ -564,13 +573,12 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             protocol.sendMessage(message)
             return
         if self.resumeSession is not None:
-            if self.resumeSession.store(message) is None:
-                self.dropped += 1  # DROP_NEWEST
+            self.resumeSession.store(message)  # counts what its policy drops
             return
         if len(self.queue) >= self.queueSize:
             if self.overflow is Overflow.RAISE:
                 raise QueueFull(f"send queue is full ({self.queueSize} messages)")
-            self.dropped += 1
+            self._queueDropped += 1
             if self.overflow is Overflow.DROP_NEWEST:
                 return
             if self.queue:

@@ -308,10 +308,14 @@ class KeepaliveConnection:
             )
         if self.session is not None:
             return self._sequenced(payload, now)
+        return self._plainFrame(payload, now)
+
+    def _plainFrame(self, payload: bytes, now: float) -> bytes:
+        length = len(payload) + 2
         self.bytesOut += length + 4
         self.messagesOut += 1
         self.liveness.lastSent = now
-        return _packHeader(length, 4, 0) + payload  # encodeData, inlined: the hot path
+        return _packHeader(length, 4, 0) + payload  # encodeData, inlined
 
     def _sequenced(self, payload: bytes, now: float) -> bytes:
         """
@@ -613,8 +617,7 @@ class KeepaliveConnection:
             # what never was goes out as plain messages on this connection.
             lost = session.restart()
             self.session = None
-            for message in session.drain():
-                self._emitMessage(message, now)
+            self._outbox.extend(self._plainFrame(m, now) for m in session.drain())
             events.append(SessionLost(lost, "the server does not keep sessions"))
             return None
         if hello.session not in (b"", session.id):
@@ -643,10 +646,3 @@ class KeepaliveConnection:
             if seq <= previouslySent:
                 replayed += 1
         return replayed
-
-    def _emitMessage(self, message: bytes, now: float) -> None:
-        frame = _packHeader(len(message) + 2, 4, 0) + message
-        self._outbox.append(frame)
-        self.bytesOut += len(frame)
-        self.messagesOut += 1
-        self.liveness.lastSent = now
