@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall, deferLater
 
-from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol
+from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol, HeartbeatTimeout
 from twisted_keepalive.backoff import backoffPolicy
 from twisted_keepalive.client import ClientState, KeepaliveClientFactory
 from twisted_keepalive.server import KeepaliveServerFactory
@@ -200,9 +200,14 @@ def test_slowReaderBoundedAndStillJudged() -> Any:
     the peer dead on time because it judges by what it receives.
     """
 
+    stalls: list[Any] = []
+
     class Stalling(Echo):
         def clientConnected(self, protocol: HeartbeatProtocol) -> None:
-            reactor.callLater(0.2, protocol.transport.pauseProducing)
+            # The first connection only, and owned by the test: the client
+            # reconnects after the abort, possibly while the rig stops.
+            if not stalls:
+                stalls.append(reactor.callLater(0.2, protocol.transport.pauseProducing))
 
     rig = Rig(Stalling(HeartbeatConfig(interval=1.0, timeout=30.0)))
     rig.client.heartbeatConfig = HeartbeatConfig(
@@ -217,12 +222,17 @@ def test_slowReaderBoundedAndStillJudged() -> Any:
             protocol.sendMessage(big)  # far faster than anything drains
             yield deferLater(reactor, 0.005, lambda: None)
         took = reactor.seconds() - started
-        reason = protocol.closeReason.value if protocol.closeReason else None
         assert not protocol.isOpen
+        yield rig.until(lambda: protocol.closeReason is not None, 2)  # connectionLost ran
+        reason = protocol.closeReason.value
         assert protocol._pendingWhilePaused <= 256 * 1024
         assert took <= 0.2 + TIMEOUT + SLACK, took
+        assert isinstance(reason, HeartbeatTimeout), reason
         rig.record("slow reader", ended_by=type(reason).__name__, after=round(took, 3))
     finally:
+        for call in stalls:
+            if call.active():
+                call.cancel()
         yield rig.stop()
 
 

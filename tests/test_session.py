@@ -367,7 +367,7 @@ class EngineTests(SynchronousTestCase):
 
     def test_serverRejectsShortSessionId(self) -> None:
         core = KeepaliveConnection(Role.SERVER, CONFIG, 0.0)
-        core.sessionFor = lambda requested: (Session(requested), False)
+        core.sessionFor = lambda hello: (Session(hello.session or b""), False)
         hello = Hello(2, 1.0, 3.0, 1 << 20, session=b"", received=0)
         events = core.receive(encodeHello(hello), 0.0)
         self.assertIn("16 bytes", str(events[-1].error))

@@ -27,19 +27,31 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import (
     IConnector,
+    IConsumer,
     IDelayedCall,
+    IProducer,
+    IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .backoff import RetryPolicy, backoffPolicy
 from .config import HeartbeatConfig
-from .errors import CloseCode, HeartbeatTimeout, KeepaliveError, LocalProtocolError, PeerClosed
+from .errors import (
+    CloseCode,
+    DeliveryCancelled,
+    HeartbeatTimeout,
+    KeepaliveError,
+    LocalProtocolError,
+    MessageDropped,
+    PeerClosed,
+)
 from .frames import SESSION_ID_BYTES
-from .heartbeat import HeartbeatProtocol, maybeGlobalReactor
+from .heartbeat import HeartbeatProtocol, fireReceipts, maybeGlobalReactor
 from .session import Overflow, QueueFull, Session
 
 
@@ -131,6 +143,31 @@ class ServerList:
 StateObserver = Callable[[ClientState, ClientState], None]
 
 
+@implementer(IPushProducer)
+class _LinkRelay:
+    """
+    Registered with each connection in turn: tells the factory when the
+    link is blocked (the transport's buffer is full, or the session's
+    retransmit buffer is) and when it has drained.
+    """
+
+    def __init__(self, factory: KeepaliveClientFactory) -> None:
+        self.factory = factory
+        self.blocked = False
+
+    def pauseProducing(self) -> None:
+        self.blocked = True
+        self.factory._updateProducer()
+
+    def resumeProducing(self) -> None:
+        self.blocked = False
+        self.factory._updateProducer()
+
+    def stopProducing(self) -> None:
+        self.blocked = False  # that connection is gone, not the application's stream
+
+
+@implementer(IConsumer)
 class KeepaliveClientFactory(ReconnectingClientFactory):
     """
     Use it as the stock class, C{reactor.connectTCP(host, port, factory)},
@@ -154,6 +191,13 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
      - after C{maxRetries} consecutive failed passes the factory stops, says
        so in the log, and fails L{whenConnected} waiters with L{GaveUp}.
 
+    Flow control: the factory is an C{IConsumer} that outlives its
+    connections.  A producer registered once with L{registerProducer} is
+    paused while the send queue (disconnected) or the retransmit buffer
+    (C{resume}) is full, or while the live connection's transport is, and
+    resumed once they are at most half full: a pipe never has to drop.
+    L{pauseReading} is the other direction.
+
     @ivar state: the current L{ClientState}.
     @ivar attempts: connection attempts made.
     @ivar reconnects: successful handshakes after the first.
@@ -162,6 +206,8 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
     @ivar currentServer: label of the server connected to or last tried.
     @ivar connected: the L{HeartbeatProtocol} of the live connection, or None.
     @ivar dropped: messages dropped by the overflow policy.
+    @ivar refused: messages taken out unsent because they exceeded the
+        server's frame limit (learned at the handshake).
     @ivar lastDelay: the last backoff delay chosen, in seconds.
     @ivar lastError: why the last attempt failed or connection ended.
     """
@@ -218,6 +264,8 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self.clock = clock if clock is not None else reactor  # type: ignore[assignment]
         self.servers = ServerList(self._reactor, servers, connectTimeout) if servers else None
         self.queue: deque[bytes] = deque()
+        # Receipts of the queued messages, index for index (None: no receipt).
+        self._queueReceipts: deque[Deferred[int | None] | None] = deque()
         self.queueSize = queueSize
         self.overflow = overflow
         # With resume, the session's retransmit buffer is the queue: bounded
@@ -234,6 +282,11 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         )
         self.sessionsLost = 0
         self.undelivered = 0
+        self.refused = 0
+        self._producer: IPushProducer | None = None
+        self._producerPaused = False
+        self._relay = _LinkRelay(self)
+        self._readingPaused = False
         self.state = ClientState.IDLE
         self.attempts = 0
         self.reconnects = 0
@@ -433,7 +486,16 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             attempts=self.attempts,
         )
         while self.queue and protocol.isOpen:
-            protocol.sendMessage(self.queue.popleft())
+            message, receipt = self.queue.popleft(), self._queueReceipts.popleft()
+            self._sendOn(protocol, message, receipt)
+        if self.resumeSession is not None and self.resumeSession.settled:
+            fireReceipts(self.resumeSession)
+        self._relay.blocked = False
+        if protocol.isOpen and isinstance(protocol, HeartbeatProtocol):
+            protocol._attachProducer(self._relay, elastic=False)
+            if self._readingPaused:
+                protocol.pauseReading()
+        self._updateProducer()
         self._setState(ClientState.CONNECTED)
         for d, _ in self._popWaiters(lambda limit: True):
             d.callback(protocol)
@@ -453,6 +515,8 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             return
         self.connected = None
         self.connectedSince = None
+        self._relay.blocked = False
+        self._updateProducer()
         self._cancel("_stableCall")
         if reason.check(HeartbeatTimeout):
             self.heartbeatTimeouts += 1
@@ -566,30 +630,164 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         exception.
 
         @raise QueueFull: the queue (or the retransmit buffer) is full and
-            C{overflow} is RAISE.
+            C{overflow} is RAISE (with a registered producer: twice full,
+            as the producer was paused at full).
+        @raise LocalProtocolError: connected, and the message exceeds the
+            server's frame limit.
+        """
+        self._send(message, None)
+
+    #: IConsumer: each write is one message.
+    write = sendMessage
+
+    def sendConfirmed(self, message: bytes) -> Deferred[int | None]:
+        """
+        Send (or queue) one message and learn when it is delivered.
+
+        With C{resume} the Deferred fires with the message's sequence
+        number once the server has acknowledged it, across any number of
+        reconnections, or fails with a L{DeliveryFailed} carrying the
+        message: L{MessageLost} (the session was lost after the message was
+        written: it may have arrived), L{MessageDropped} (the overflow
+        policy), L{MessageTooLarge} (over the server's frame limit),
+        L{DeliveryCancelled} (the factory stopped first).  Without
+        C{resume} it fires with L{None} once the message is written to a
+        connection (which may still die with it: at most once), or fails
+        the same ways.
+
+        @raise QueueFull: as L{sendMessage}.
+        """
+        receipt: Deferred[int | None] = Deferred()
+        self._send(message, receipt)
+        return receipt
+
+    def _send(self, message: bytes, receipt: Deferred[int | None] | None) -> None:
+        protocol = self.connected
+        if protocol is not None and protocol.isOpen:
+            self._sendOn(protocol, message, receipt)
+        elif self.resumeSession is not None:
+            self.resumeSession.store(message, receipt)  # counts what its policy drops
+            if self.resumeSession.settled:
+                fireReceipts(self.resumeSession)
+        else:
+            self._enqueue(message, receipt)
+        if self._producer is not None:
+            self._updateProducer()
+
+    def _sendOn(
+        self, protocol: HeartbeatProtocol, message: bytes, receipt: Deferred[int | None] | None
+    ) -> None:
+        if receipt is None:
+            protocol.sendMessage(message)
+        elif isinstance(protocol, HeartbeatProtocol):
+            protocol._sendCarefully(message, receipt)
+        else:  # a foreign-protocol shell (RawHeartbeatProtocol): written is all we know
+            protocol.sendMessage(message)
+            receipt.callback(None)
+
+    def _enqueue(self, message: bytes, receipt: Deferred[int | None] | None) -> None:
+        limit = self.queueSize * (2 if self._producer is not None else 1)
+        if len(self.queue) >= limit:
+            if self.overflow is Overflow.RAISE:
+                raise QueueFull(f"send queue is full ({len(self.queue)} messages)")
+            self._queueDropped += 1
+            if self.overflow is Overflow.DROP_NEWEST or not self.queue:
+                if receipt is not None:
+                    receipt.errback(Failure(MessageDropped(message, "the send queue was full")))
+                return
+            old, oldReceipt = self.queue.popleft(), self._queueReceipts.popleft()
+            if oldReceipt is not None:
+                oldReceipt.errback(Failure(MessageDropped(old, "the send queue was full")))
+        self.queue.append(message)
+        self._queueReceipts.append(receipt)
+
+    # IConsumer
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """
+        Register the application's producer once, for every connection to
+        come: it is paused while the factory cannot take more without
+        dropping (see the class docstring) and resumed when it can.
+        Streaming (push) producers only.
+        """
+        if not streaming or not IPushProducer.providedBy(producer):
+            raise LocalProtocolError("only streaming (push) producers are supported")
+        if self._producer is not None:
+            raise LocalProtocolError(f"a producer is already registered: {self._producer!r}")
+        self._producer = producer
+        self._producerPaused = False
+        if self.resumeSession is not None:
+            self.resumeSession.elastic = True
+        self._updateProducer()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self._producerPaused = False
+        if self.resumeSession is not None:
+            self.resumeSession.elastic = False
+
+    def _blocked(self, drained: bool) -> bool:
+        """
+        Whether the application must wait: at the high-water mark (full),
+        or, with C{drained}, until the low-water mark (half full).
         """
         protocol = self.connected
         if protocol is not None and protocol.isOpen:
-            protocol.sendMessage(message)
+            # The connection's own producer logic covers its transport and
+            # the session, with the same marks.
+            return self._relay.blocked
+        session = self.resumeSession
+        if session is not None:
+            return not session.hasRoom if drained else session.isFull
+        if drained:
+            return len(self.queue) > self.queueSize // 2
+        return len(self.queue) >= self.queueSize
+
+    def _updateProducer(self) -> None:
+        producer = self._producer
+        if producer is None:
             return
-        if self.resumeSession is not None:
-            self.resumeSession.store(message)  # counts what its policy drops
-            return
-        if len(self.queue) >= self.queueSize:
-            if self.overflow is Overflow.RAISE:
-                raise QueueFull(f"send queue is full ({self.queueSize} messages)")
-            self._queueDropped += 1
-            if self.overflow is Overflow.DROP_NEWEST:
-                return
-            if self.queue:
-                self.queue.popleft()
-            else:
-                return
-        self.queue.append(message)
+        if self._producerPaused:
+            if not self._blocked(drained=True):
+                self._producerPaused = False
+                producer.resumeProducing()
+        elif self._blocked(drained=False):
+            self._producerPaused = True
+            producer.pauseProducing()
+
+    # Inbound flow control
+
+    def pauseReading(self) -> None:
+        """
+        Stop reading from the server, on this connection and the next ones,
+        until L{resumeReading}: for an application whose own output cannot
+        keep up (memory stays bounded by one read).  The dead-peer timeout
+        is suspended meanwhile (see L{HeartbeatProtocol.pauseReading}).
+        """
+        self._readingPaused = True
+        if isinstance(self.connected, HeartbeatProtocol):
+            self.connected.pauseReading()
+
+    def resumeReading(self) -> None:
+        self._readingPaused = False
+        if isinstance(self.connected, HeartbeatProtocol):
+            self.connected.resumeReading()
+
+    def heartbeatMessageRefused(self, protocol: HeartbeatProtocol, event: Any) -> None:
+        self.refused += 1
+        self.messageRefused(event.message, event.reason)
+
+    def messageRefused(self, message: bytes, reason: str) -> None:
+        """
+        Override: a message queued before the server's frame limit was
+        known exceeds it; it was taken out unsent.  Already logged.
+        """
 
     def heartbeatSessionLost(self, protocol: HeartbeatProtocol, event: Any) -> None:
         self.sessionsLost += 1
         self.undelivered += len(event.undelivered)
+        if self.resumeSession is not None and self.resumeSession.settled:
+            fireReceipts(self.resumeSession)
         self.sessionLost(event.undelivered, event.reason)
 
     def sessionLost(self, undelivered: list[bytes], reason: str) -> None:
@@ -621,6 +819,15 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
                 self.connector.stopConnecting()
         if self.connected is not None:
             self.connected.close(CloseCode.NORMAL, "client stopping")
+        why = "the client was stopped"
+        if self.resumeSession is not None:
+            self.resumeSession.cancelReceipts(why)
+            fireReceipts(self.resumeSession)
+        receipts = list(zip(self.queue, self._queueReceipts, strict=True))
+        self._queueReceipts = deque(None for _ in self.queue)
+        for message, receipt in receipts:
+            if receipt is not None:
+                receipt.errback(Failure(DeliveryCancelled(message, why)))
         self._setState(ClientState.STOPPED)
         for d, _ in self._popWaiters(lambda limit: True):
             d.errback(Failure(CancelledError("the factory was stopped")))

@@ -15,9 +15,10 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from .config import HeartbeatConfig
-from .errors import CloseCode, LocalProtocolError, RemoteProtocolError
+from .errors import CloseCode, LocalProtocolError, MessageTooLarge, RemoteProtocolError
 from .frames import (
     DATA_ACK,
     DATA_SEQ,
@@ -130,6 +131,18 @@ class SessionLost:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageRefused:
+    """
+    A message stored while disconnected turned out, at the handshake, to
+    exceed the peer's frame limit: taken out of the session (the peer sees
+    a gap), never written; its receipt failed with L{MessageTooLarge}.
+    """
+
+    message: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolFailed:
     """
     The peer broke the protocol; always the last event of a batch.
@@ -143,16 +156,23 @@ Event = (
     | HandshakeCompleted
     | SessionStarted
     | SessionLost
+    | MessageRefused
     | PongReceived
     | PingReceived
     | CloseReceived
     | ProtocolFailed
 )
 
-#: Server side: C{sessionFor(requestedId)} returns the session to attach
-#: (the one asked for if it is kept, else a new one) and whether it resumes.
-#: L{None}: this server keeps no sessions.
-SessionProvider = Callable[[bytes], tuple[Session, bool] | None]
+#: Server side: C{sessionFor(hello)} returns the session to attach (the one
+#: the HELLO names if it is kept and the HELLO may resume it, else a new
+#: one) and whether it resumes; L{None}: this server keeps no sessions.  It
+#: raises L{RemoteProtocolError}, changing nothing, for a resume it refuses
+#: (another owner, an acknowledgement of messages never sent).
+SessionProvider = Callable[[Hello], tuple[Session, bool] | None]
+
+#: DATA in a session carries a sequence number and maybe an ACK: the most a
+#: message may be, below the peer's frame limit.
+SESSION_OVERHEAD = 18
 
 #: Pings whose PONG is awaited are kept to check each PONG and time it.  The
 #: timeout bounds how many can be outstanding; this caps it regardless.
@@ -169,6 +189,7 @@ class KeepaliveConnection:
 
     __slots__ = (
         "_decoder",
+        "_forgottenPings",
         "_lastPingAt",
         "_nextPingId",
         "_outbox",
@@ -218,6 +239,9 @@ class KeepaliveConnection:
         # bytes per connection (bench/idle_fleet.py measures memory).
         self._outstanding: list[tuple[int, float, int]] = []
         self._nextPingId = 1
+        # Pings dropped from _outstanding by its cap (a peer we did not read
+        # for a long time): their PONGs are still owed and are let through.
+        self._forgottenPings = 0
         # Frames are counted as messages plus control frames, so the hot
         # path updates one counter less per message.
         self.controlIn = self.controlOut = 0
@@ -291,10 +315,12 @@ class KeepaliveConnection:
         )
         self._emit(encodeHello(hello), now)
 
-    def encodeMessage(self, payload: bytes, now: float) -> bytes:
+    def encodeMessage(self, payload: bytes, now: float, receipt: Any = None) -> bytes:
         """
         Frame one application message, for the caller to write.
 
+        @param receipt: in a session, settled (L{Session.settled}) when the
+            peer acknowledges the message; ignored without a session.
         @raise LocalProtocolError: the connection is not open, or the message
             exceeds what the peer accepts.
         """
@@ -307,7 +333,7 @@ class KeepaliveConnection:
                 f"{self.peerMaxFrame - 2}"
             )
         if self.session is not None:
-            return self._sequenced(payload, now)
+            return self._sequenced(payload, now, receipt)
         return self._plainFrame(payload, now)
 
     def _plainFrame(self, payload: bytes, now: float) -> bytes:
@@ -317,7 +343,7 @@ class KeepaliveConnection:
         self.liveness.lastSent = now
         return _packHeader(length, 4, 0) + payload  # encodeData, inlined
 
-    def _sequenced(self, payload: bytes, now: float) -> bytes:
+    def _sequenced(self, payload: bytes, now: float, receipt: Any = None) -> bytes:
         """
         Store, number and frame a message of a session; an acknowledgement
         we owe rides along.  Empty if the overflow policy dropped it.
@@ -326,12 +352,12 @@ class KeepaliveConnection:
         """
         session = self.session
         assert session is not None
-        if len(payload) + 18 > self.peerMaxFrame:
+        if len(payload) + SESSION_OVERHEAD > self.peerMaxFrame:
             raise LocalProtocolError(
                 f"message of {len(payload)} bytes exceeds the peer's limit of "
-                f"{self.peerMaxFrame - 18} in a session"
+                f"{self.peerMaxFrame - SESSION_OVERHEAD} in a session"
             )
-        seq = session.store(payload)
+        seq = session.store(payload, receipt)
         if seq is None:
             return b""
         return self._frameStored(seq, payload, now)
@@ -391,6 +417,7 @@ class KeepaliveConnection:
         stamp = int(now * 1_000_000) & 0xFFFFFFFFFFFFFFFF
         if len(self._outstanding) >= MAX_OUTSTANDING_PINGS:
             del self._outstanding[0]
+            self._forgottenPings += 1
         self._outstanding.append((pingId, now, stamp))
         self._emit(encodePing(pingId, stamp), now)
         self.liveness.pingSent(now)
@@ -492,7 +519,9 @@ class KeepaliveConnection:
             return
         # A well-formed PING was answered in receive; parseFrame rejected the rest.
         if isinstance(frame, Pong):
-            events.append(PongReceived(self._pong(frame, now)))
+            rtt = self._pong(frame, now)
+            if rtt is not None:
+                events.append(PongReceived(rtt))
         elif isinstance(frame, Ack):
             if self.session is None:
                 raise RemoteProtocolError("ACK outside a session")
@@ -511,7 +540,14 @@ class KeepaliveConnection:
         if probe and self.role is Role.SERVER and self.pingsReceived % probe == 1 % probe:
             self._ping(now)  # a server measures RTT too, now and then
 
-    def _pong(self, pong: Pong, now: float) -> float:
+    def _pong(self, pong: Pong, now: float) -> float | None:
+        if self._forgottenPings:
+            # Answers to the oldest pings come first, in order: these are
+            # for the ones the cap forgot (nothing to time them against).
+            self._forgottenPings -= 1
+            if not self._outstanding or pong.id != self._outstanding[0][0]:
+                return None
+            self._forgottenPings = 0  # it was not one of them after all
         if not self._outstanding:
             raise RemoteProtocolError(f"PONG {pong.id} for a ping never sent")
         pingId, sentAt, stamp = self._outstanding[0]
@@ -549,6 +585,7 @@ class KeepaliveConnection:
             self.liveness.timeout = timeout
             session: Session | None = None
             resumed = False
+            self.peerMaxFrame = hello.maxFrame
             if (
                 version >= SESSION_VERSION
                 and hello.session is not None
@@ -557,10 +594,15 @@ class KeepaliveConnection:
             ):
                 if len(hello.session) != SESSION_ID_BYTES:
                     raise RemoteProtocolError("a client names its session with 16 bytes")
-                found = self.sessionFor(hello.session)
+                # The provider validates a resume (and raises) before it
+                # touches anything: a refused HELLO leaves no state behind.
+                found = self.sessionFor(hello)
                 if found is not None:
                     session, resumed = found
-                    session.acknowledge(hello.received)
+                    if resumed:
+                        session.acknowledge(hello.received)
+                    # A new session: whatever the client says it received
+                    # belongs to one we do not have; it starts from 0.
             reply = Hello(
                 version,
                 interval,
@@ -573,7 +615,7 @@ class KeepaliveConnection:
             self._emit(encodeHello(reply), now)
             if session is not None:
                 self.session = session
-                started = SessionStarted(session, resumed, self._replay(now))
+                started = SessionStarted(session, resumed, self._replay(now, events))
         else:
             if hello.version > PROTOCOL_VERSION:
                 raise RemoteProtocolError(
@@ -590,11 +632,11 @@ class KeepaliveConnection:
                 timeout = cfg.timeout * interval / cfg.interval
             self.liveness.interval = interval
             self.liveness.timeout = timeout
+            self.peerMaxFrame = hello.maxFrame
             started = self._clientSession(hello, now, events)
         self.version = version
         self.interval = interval
         self.peerHello = hello
-        self.peerMaxFrame = hello.maxFrame
         self.fastLimit = -1 if self.session is not None else hello.maxFrame
         self._decoder.maxFrame = cfg.maxFrame
         self.state = State.OPEN
@@ -615,34 +657,54 @@ class KeepaliveConnection:
         if hello.session is None or hello.received is None:
             # A server without sessions: what was written is unconfirmed;
             # what never was goes out as plain messages on this connection.
-            lost = session.restart()
+            why = "the server does not keep sessions"
+            lost = session.restart(why)
             self.session = None
-            self._outbox.extend(self._plainFrame(m, now) for m in session.drain())
-            events.append(SessionLost(lost, "the server does not keep sessions"))
+            limit = self.peerMaxFrame - 2
+            for m in session.drain():
+                if len(m) > limit:
+                    events.append(MessageRefused(m, _tooLarge(m, limit)))
+                else:
+                    self._outbox.append(self._plainFrame(m, now))
+            events.append(SessionLost(lost, why))
             return None
         if hello.session not in (b"", session.id):
             raise RemoteProtocolError("HELLO names another session than ours")
         resumed = hello.session == session.id
         if session.established and not resumed:
-            lost = session.restart()
-            events.append(SessionLost(lost, "the server no longer has the session"))
+            why = "the server no longer has the session"
+            lost = session.restart(why)
+            events.append(SessionLost(lost, why))
         session.established = True
         session.acknowledge(hello.received)
-        return SessionStarted(session, resumed, self._replay(now))
+        return SessionStarted(session, resumed, self._replay(now, events))
 
-    def _replay(self, now: float) -> int:
+    def _replay(self, now: float, events: list[Event]) -> int:
         """
         A session (re)starts on this connection: write everything the peer
-        has not acknowledged, in order.  Returns how many had been written
-        before (replayed, as opposed to stored while disconnected).
+        has not acknowledged, in order.  A message over the peer's frame
+        limit (stored before we knew it) is refused rather than written:
+        written, it would close the connection, and the replay would
+        repeat forever.  Returns how many had been written before
+        (replayed, as opposed to stored while disconnected).
         """
         session = self.session
         assert session is not None
         previouslySent = session.sent
         session.rewind()
         replayed = 0
+        limit = self.peerMaxFrame - SESSION_OVERHEAD
         for seq, message in list(session.unsent()):
+            if len(message) > limit:
+                why = _tooLarge(message, limit)
+                session.refuse(seq, MessageTooLarge(message, why))
+                events.append(MessageRefused(message, why))
+                continue
             self._outbox.append(self._frameStored(seq, message, now))
             if seq <= previouslySent:
                 replayed += 1
         return replayed
+
+
+def _tooLarge(message: bytes, limit: int) -> str:
+    return f"message of {len(message)} bytes exceeds the peer's limit of {limit}"

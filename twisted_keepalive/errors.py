@@ -150,3 +150,46 @@ class ClosedLocally(_Plain, error.ConnectionDone):
         super().__init__(f"closed locally: {CloseCode.describe(code)} {reason!r}")
         self.code = code
         self.reason = reason
+
+
+class DeliveryFailed(KeepaliveError):
+    """
+    A message sent with a receipt (L{HeartbeatProtocol.sendConfirmed},
+    L{KeepaliveClientFactory.sendConfirmed}) will never be confirmed.
+
+    @ivar message: the message itself, so the application can resend or
+        record it.
+    """
+
+    def __init__(self, message: bytes, why: str) -> None:
+        super().__init__(why)
+        self.message = message
+
+
+class MessageLost(DeliveryFailed):
+    """
+    The session ended (the server no longer had it, or keeps none) after the
+    message was written and before it was acknowledged: it may or may not
+    have arrived, and is not sent again.
+    """
+
+
+class MessageDropped(DeliveryFailed):
+    """
+    The overflow policy of a full send queue or retransmit buffer dropped
+    the message (never written, or never acknowledged).
+    """
+
+
+class MessageTooLarge(DeliveryFailed):
+    """
+    The message is larger than the peer accepts (learned at the handshake,
+    after the message was queued): it was refused and never written.
+    """
+
+
+class DeliveryCancelled(DeliveryFailed):
+    """
+    The factory (or connection) was stopped before the message was
+    acknowledged.
+    """

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -24,6 +25,7 @@ from .connection import (
     CloseReceived,
     HandshakeCompleted,
     KeepaliveConnection,
+    MessageRefused,
     PingReceived,
     PongReceived,
     ProtocolFailed,
@@ -88,6 +90,17 @@ def describePeer(transport: Any) -> str:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     except Exception:
         return "unknown peer"
+
+
+def fireReceipts(session: Session) -> None:
+    """
+    Fire the receipts the session settled (acknowledged, or never to be).
+    """
+    for receipt, seq, failure in session.takeSettled():
+        if failure is None:
+            receipt.callback(seq)
+        else:
+            receipt.errback(Failure(failure))
 
 
 @dataclass(frozen=True)
@@ -177,6 +190,10 @@ class HeartbeatProtocol(Protocol):
         self.outputPaused = False
         self._pendingWhilePaused = 0
         self._producer: IPushProducer | None = None
+        self._producerPaused = False
+        self._elastic = False
+        self._readingPaused = False
+        self._savedTimeout: float | None = None
 
     # Settings
 
@@ -227,7 +244,7 @@ class HeartbeatProtocol(Protocol):
         else:
             sessionFor = getattr(self.factory, "heartbeatSessionFor", None)
             if sessionFor is not None:
-                core.sessionFor = lambda requested: sessionFor(self, requested)
+                core.sessionFor = lambda hello: sessionFor(self, hello)
         if core.role is Role.CLIENT and not core.isClosed:
             core.initiate(now)
             self._flush()
@@ -239,9 +256,16 @@ class HeartbeatProtocol(Protocol):
         events = core.receive(data, self._now())
         if core.hasOutput:
             self._flush()  # PONGs, a server HELLO, or the CLOSE naming a fault
-        if core.session is not None and core.owesAck and self._ackCall is None:
-            # One timer per ack period, not per message (ackEvery sends at once).
-            self._ackCall = self.clock.callLater(self.config.ackDelay, self._sendAck)
+        session = core.session
+        if session is not None:
+            if session.pendingAcks and self._ackCall is None:
+                # One timer per ack period, not per message (ackEvery sends at once).
+                self._ackCall = self.clock.callLater(self.config.ackDelay, self._sendAck)
+            # Acknowledgements settle receipts and free room for a producer.
+            if session.settled:
+                fireReceipts(session)
+            if self._producer is not None:
+                self._updateProducer()
         # Input that ended the connection (a CLOSE, a fault) still delivers
         # everything that came before it; only the application closing the
         # connection meanwhile stops the delivery.
@@ -319,6 +343,9 @@ class HeartbeatProtocol(Protocol):
 
         @raise LocalProtocolError: before the handshake, after close, or when
             the message exceeds the peer's frame limit.
+        @raise QueueFull: in a session, the retransmit buffer is full and
+            its overflow policy is RAISE (register a producer to be paused
+            before that happens).
         """
         core = self.core
         length = len(message) + 2
@@ -339,16 +366,47 @@ class HeartbeatProtocol(Protocol):
         else:
             self.transport.write(frame)  # type: ignore[union-attr]
 
-    def _sendCarefully(self, message: bytes) -> None:
+    def _sendCarefully(self, message: bytes, receipt: Deferred[int | None] | None = None) -> None:
         """
         A message of a session, or the cases that raise: not connected, not
         open, too large, retransmit buffer full.
         """
-        if self.core is None:
+        core = self.core
+        if core is None:
             raise LocalProtocolError("cannot send: not connected")
-        frame = self.core.encodeMessage(message, self._now())
+        frame = core.encodeMessage(message, self._now(), receipt)
         if frame:  # else the session's overflow policy dropped it
             self._write(frame)
+        session = core.session
+        if session is None:
+            if receipt is not None:
+                receipt.callback(None)  # written: all a connection without a session knows
+            return
+        if session.settled:
+            fireReceipts(session)
+        if self._producer is not None:
+            self._updateProducer()
+
+    def sendConfirmed(self, message: bytes) -> Deferred[int | None]:
+        """
+        Send one message and learn when it is delivered, as AMQP publisher
+        confirms or MQTT's PUBACK.
+
+        In a session the Deferred fires with the message's sequence number
+        once the peer has acknowledged it (it was handed to the peer's
+        application), or fails with a L{DeliveryFailed} carrying the
+        message when it never will be: L{MessageLost} (the session ended
+        before the acknowledgement: it may have arrived), L{MessageDropped}
+        (an overflow policy), L{DeliveryCancelled}.  Without a session it
+        fires with L{None} once the message is written to the connection:
+        at most once, as the connection may still die with it.
+
+        @raise LocalProtocolError: as L{sendMessage}.
+        @raise QueueFull: as L{sendMessage}.
+        """
+        receipt: Deferred[int | None] = Deferred()
+        self._sendCarefully(message, receipt)
+        return receipt
 
     def close(
         self,
@@ -459,13 +517,13 @@ class HeartbeatProtocol(Protocol):
     def pauseProducing(self) -> None:
         self.outputPaused = True
         if self._producer is not None:
-            self._producer.pauseProducing()
+            self._updateProducer()
 
     def resumeProducing(self) -> None:
         self.outputPaused = False
         self._pendingWhilePaused = 0
         if self._producer is not None:
-            self._producer.resumeProducing()
+            self._updateProducer()
 
     def stopProducing(self) -> None:
         if self._producer is not None:
@@ -476,19 +534,91 @@ class HeartbeatProtocol(Protocol):
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         """
-        Have C{producer} paused and resumed as the peer reads, as
-        C{transport.registerProducer} would.  Streaming producers only.
+        Have C{producer} paused while the peer does not read (the
+        transport's buffer is full) or, in a session, while the retransmit
+        buffer is full (the peer does not acknowledge), and resumed once
+        the transport has drained and the buffer is at most half full.
+        Streaming producers only.  In a session, what the producer still
+        sends after being paused is kept (up to twice the buffer's bounds)
+        rather than refused: backpressure instead of loss.
         """
         if not streaming:
             raise LocalProtocolError("only streaming (push) producers are supported")
+        self._attachProducer(producer, elastic=True)
+
+    def _attachProducer(self, producer: IPushProducer, elastic: bool) -> None:
         if self._producer is not None:
             raise LocalProtocolError(f"a producer is already registered: {self._producer!r}")
         self._producer = producer
-        if self.outputPaused:
-            producer.pauseProducing()
+        self._producerPaused = False
+        self._elastic = elastic
+        session = self.session
+        if elastic and session is not None:
+            session.elastic = True
+        self._updateProducer()
 
     def unregisterProducer(self) -> None:
+        session = self.session
+        if self._elastic and session is not None:
+            session.elastic = False
         self._producer = None
+        self._producerPaused = self._elastic = False
+
+    def _updateProducer(self) -> None:
+        """
+        Pause the registered producer when the link is blocked; resume it
+        only once it has drained (hysteresis: no pause/resume per message).
+        """
+        producer = self._producer
+        if producer is None:
+            return
+        session = self.session
+        if self._producerPaused:
+            if not self.outputPaused and (session is None or session.hasRoom):
+                self._producerPaused = False
+                producer.resumeProducing()
+        elif self.outputPaused or (session is not None and session.isFull):
+            self._producerPaused = True
+            producer.pauseProducing()
+
+    # Inbound flow control, for an application that cannot keep up.
+
+    def pauseReading(self) -> None:
+        """
+        Stop reading from the peer (the application's own output is full).
+        The silence this causes is ours, not the peer's: the dead-peer
+        timeout is suspended until L{resumeReading}; we keep pinging so the
+        peer hears from us.
+        """
+        if self._readingPaused:
+            return
+        self._readingPaused = True
+        core = self.core
+        if core is not None:
+            self._savedTimeout = core.liveness.timeout
+            core.liveness.timeout = None
+            if self._sweeper is not None:
+                self._sweeper.remove(self)
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeReading(self) -> None:
+        """
+        Read from the peer again; its silence counts from now.
+        """
+        if not self._readingPaused:
+            return
+        self._readingPaused = False
+        core = self.core
+        if core is not None and core.state is not _CLOSED:
+            core.liveness.timeout = self._savedTimeout
+            core.liveness.lastReceived = self._now()
+            if self._sweeper is not None:
+                self._sweeper.add(self, core.liveness, self._declareDead)
+            if self._timer is not None and self._timer.active:
+                self._timer.start()
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def _slowConsumer(self) -> None:
         limit = self.config.maxPendingOutput
@@ -526,6 +656,13 @@ class HeartbeatProtocol(Protocol):
                 )
             self.sessionStarted(event.session, event.resumed)
             notify = getattr(self.factory, "heartbeatSessionStarted", None)
+            if notify is not None:
+                notify(self, event)
+        elif isinstance(event, MessageRefused):
+            self.log.warn(
+                "Message not sent to {peer}: {reason}", peer=self.peer, reason=event.reason
+            )
+            notify = getattr(self.factory, "heartbeatMessageRefused", None)
             if notify is not None:
                 notify(self, event)
         elif isinstance(event, SessionLost):
@@ -569,6 +706,9 @@ class HeartbeatProtocol(Protocol):
         if self._handshakeCall is not None and self._handshakeCall.active():
             self._handshakeCall.cancel()
         self._handshakeCall = None
+        session = self.session
+        if session is not None and self._elastic:
+            session.elastic = True
         sweeper = getattr(self.factory, "idleSweeper", None)
         if self.role is Role.SERVER and sweeper is not None:
             # One shared timer for all of a server's connections.

@@ -23,11 +23,14 @@ from .errors import (
     ClosedLocally,
     HandshakeTimeout,
     HeartbeatTimeout,
+    LocalProtocolError,
     PeerClosed,
     ProtocolViolation,
+    RemoteProtocolError,
 )
+from .frames import Hello
 from .heartbeat import HeartbeatProtocol, describePeer, maybeGlobalReactor
-from .session import Overflow, Session
+from .session import Overflow, QueueFull, Session
 from .sweep import IdleSweeper
 
 
@@ -183,6 +186,10 @@ class KeepaliveServerFactory(ServerFactory):
         self._graceCalls: dict[bytes, IDelayedCall] = {}
         self.sessionsExpired = 0
         self.sessionsResumed = 0
+        #: Pushes (send, broadcast) a recipient could not take: closed as a
+        #: slow consumer (its session buffer full) or skipped (too large).
+        self.slowConsumers = 0
+        self.pushRefused = 0
         self._sweeper: IdleSweeper | None = None
 
     @property
@@ -269,17 +276,27 @@ class KeepaliveServerFactory(ServerFactory):
     # Sessions (protocol version 2, clients that ask for them)
 
     def heartbeatSessionFor(
-        self, protocol: HeartbeatProtocol, requested: bytes
+        self, protocol: HeartbeatProtocol, hello: Hello
     ) -> tuple[Session, bool] | None:
         """
         The session for a client's HELLO: the one it names if we still keep
         it (taken over from an older connection that has not died yet),
         else a new one; L{None} if sessions are off (C{sessionGrace=None}).
+
+        @raise RemoteProtocolError: the HELLO cannot resume the session it
+            names; nothing was changed (the live owner keeps it).
         """
         if self.sessionGrace is None:
             return None
+        requested = hello.session
+        assert requested is not None and hello.received is not None
         session = self.sessions.get(requested)
         if session is not None:
+            if hello.received > session.sent:
+                raise RemoteProtocolError(
+                    f"resume acknowledges message {hello.received}, "
+                    f"but only {session.sent} were sent in that session"
+                )
             call = self._graceCalls.pop(requested, None)
             if call is not None and call.active():
                 call.cancel()
@@ -389,28 +406,55 @@ class KeepaliveServerFactory(ServerFactory):
 
     # Push
 
+    def push(self, protocol: HeartbeatProtocol, message: bytes) -> bool:
+        """
+        Send to one connection, isolating the caller from it: never raises,
+        never blocks.  A recipient whose session buffer is full (it does
+        not acknowledge) is closed with SLOW_CONSUMER and counted; one the
+        message is too large for is skipped and counted; one that stops
+        reading is dropped once its unread output passes
+        C{maxPendingOutput}.  Returns whether the message was sent.
+        """
+        if not protocol.isOpen:
+            return False
+        try:
+            protocol.sendMessage(message)
+        except QueueFull as e:
+            self.slowConsumers += 1
+            self.log.warn(
+                "{peer} does not acknowledge ({error}); closing it", peer=protocol.peer, error=e
+            )
+            protocol.close(CloseCode.SLOW_CONSUMER, "not acknowledging")
+            return False
+        except LocalProtocolError as e:
+            self.pushRefused += 1
+            self.log.debug("Not sent to {peer}: {error}", peer=protocol.peer, error=e)
+            return False
+        return True
+
     def send(self, clientId: str, message: bytes) -> bool:
         """
-        Send to one client by id; L{False} if no such client is connected.
-        A client that stops reading is dropped once its unread output passes
-        C{maxPendingOutput}; this never blocks.
+        Send to one client by id; L{False} if no such client is connected or
+        it could not take the message (see L{push}).  Never blocks.
         """
         protocol = self.byClientId.get(clientId)
-        if protocol is None or not protocol.isOpen:
+        if protocol is None:
             return False
-        protocol.sendMessage(message)
-        return True
+        return self.push(protocol, message)
 
     def broadcast(
         self, message: bytes, where: Callable[[HeartbeatProtocol], bool] | None = None
     ) -> int:
         """
-        Send to every open connection (that C{where} accepts); returns how many.
+        Send to every open connection (that C{where} accepts); returns how
+        many took it.  Each recipient is handled alone (see L{push}): one
+        that cannot take the message never affects the caller or the others.
         """
         sent = 0
         for protocol in list(self.connections):
-            if protocol.isOpen and (where is None or where(protocol)):
-                protocol.sendMessage(message)
+            if where is not None and not where(protocol):
+                continue
+            if self.push(protocol, message):
                 sent += 1
         return sent
 

@@ -16,8 +16,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from enum import Enum
+from typing import Any
 
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import (
+    DeliveryCancelled,
+    DeliveryFailed,
+    LocalProtocolError,
+    MessageDropped,
+    MessageLost,
+    RemoteProtocolError,
+)
 
 
 class Overflow(Enum):
@@ -37,9 +45,21 @@ class QueueFull(LocalProtocolError):
     """
 
 
+#: A receipt settled: C{(receipt, seq, None)} once acknowledged (C{seq} is
+#: L{None} when the message went out without a session), or
+#: C{(receipt, None, error)} when it never will be.
+Settled = tuple[Any, "int | None", "DeliveryFailed | None"]
+
+
 class Session:
     """
     One side's state of a session.
+
+    Receipts are opaque objects (the Twisted shell uses Deferreds) stored
+    beside the messages that have one; when a message is acknowledged,
+    dropped, refused or lost, its receipt moves to L{settled} for the shell
+    to fire once the current operation is over (never from inside the
+    decoder's loop).
 
     @ivar id: 16 random bytes chosen by the client, which names the session
         in each HELLO (so a first handshake cut short can still be resumed).
@@ -54,6 +74,11 @@ class Session:
     @ivar duplicates: messages dropped because they were delivered before.
     @ivar missing: numbers skipped by the peer (its DROP_OLDEST overflow).
     @ivar dropped: messages this side dropped by its overflow policy.
+    @ivar elastic: a producer is registered upstream: it is paused when the
+        buffer is full, and what it still sends after that (a line already
+        read, a chunk in hand) is kept, up to twice the bounds, before the
+        overflow policy applies.  Backpressure instead of loss.
+    @ivar settled: receipts to fire, in order (see L{Settled}).
     """
 
     __slots__ = (
@@ -61,6 +86,7 @@ class Session:
         "acked",
         "dropped",
         "duplicates",
+        "elastic",
         "established",
         "id",
         "maxBytes",
@@ -69,8 +95,10 @@ class Session:
         "nextSeq",
         "overflow",
         "pendingAcks",
+        "receipts",
         "received",
         "sent",
+        "settled",
         "unackedBytes",
     )
 
@@ -99,17 +127,38 @@ class Session:
         self.dropped = 0
         self._unacked: deque[tuple[int, bytes]] = deque()
         self.unackedBytes = 0
+        self.elastic = False
+        self.receipts: dict[int, Any] = {}
+        self.settled: list[Settled] = []
 
     def __len__(self) -> int:
         """Messages stored and not yet acknowledged (sent or not)."""
         return len(self._unacked)
 
+    @property
+    def isFull(self) -> bool:
+        """
+        No room for another message within the bounds: pause the producer.
+        """
+        return len(self._unacked) >= self.maxMessages or self.unackedBytes >= self.maxBytes
+
+    @property
+    def hasRoom(self) -> bool:
+        """
+        At most half full (the low-water mark): resume the producer.
+        """
+        return (
+            len(self._unacked) <= self.maxMessages // 2 and self.unackedBytes <= self.maxBytes // 2
+        )
+
     # Sending
 
-    def store(self, message: bytes) -> int | None:
+    def store(self, message: bytes, receipt: Any = None) -> int | None:
         """
         Number C{message} and keep it until acknowledged.
 
+        @param receipt: settled when the message is acknowledged or can no
+            longer be.
         @return: its sequence number, or L{None} if the overflow policy
             dropped it (L{Overflow.DROP_NEWEST}).
         @raise QueueFull: the buffer is full and the policy is RAISE.
@@ -117,7 +166,9 @@ class Session:
         size = len(message)
         if size > self.maxBytes:
             raise QueueFull(f"message of {size} bytes exceeds the retransmit buffer")
-        while len(self._unacked) >= self.maxMessages or self.unackedBytes + size > self.maxBytes:
+        scale = 2 if self.elastic else 1
+        maxMessages, maxBytes = self.maxMessages * scale, self.maxBytes * scale
+        while len(self._unacked) >= maxMessages or self.unackedBytes + size > maxBytes:
             if self.overflow is Overflow.RAISE:
                 raise QueueFull(
                     f"retransmit buffer is full ({len(self._unacked)} messages, "
@@ -125,13 +176,23 @@ class Session:
                 )
             self.dropped += 1
             if self.overflow is Overflow.DROP_NEWEST:
+                if receipt is not None:
+                    self.settled.append((receipt, None, MessageDropped(message, _FULL)))
                 return None
-            _, old = self._unacked.popleft()
+            oldSeq, old = self._unacked.popleft()
             self.unackedBytes -= len(old)
+            dropped = self.receipts.pop(oldSeq, None) if self.receipts else None
+            if dropped is not None:
+                self.settled.append((dropped, None, MessageDropped(old, _FULL)))
+        return self._append(message, receipt)
+
+    def _append(self, message: bytes, receipt: Any) -> int:
         seq = self.nextSeq
         self.nextSeq = seq + 1
         self._unacked.append((seq, message))
-        self.unackedBytes += size
+        self.unackedBytes += len(message)
+        if receipt is not None:
+            self.receipts[seq] = receipt
         return seq
 
     def acknowledge(self, upTo: int) -> int:
@@ -150,9 +211,15 @@ class Session:
         self.acked = upTo
         freed = 0
         unacked = self._unacked
+        receipts = self.receipts
         while unacked and unacked[0][0] <= upTo:
-            self.unackedBytes -= len(unacked.popleft()[1])
+            seq, message = unacked.popleft()
+            self.unackedBytes -= len(message)
             freed += 1
+            if receipts:
+                receipt = receipts.pop(seq, None)
+                if receipt is not None:
+                    self.settled.append((receipt, seq, None))
         return freed
 
     def unsent(self) -> Iterator[tuple[int, bytes]]:
@@ -190,33 +257,83 @@ class Session:
 
     # Loss
 
-    def restart(self) -> list[bytes]:
+    def restart(self, why: str = "the session was lost") -> list[bytes]:
         """
         The peer does not know this session (its grace period ran out, or
         this is another server): start it afresh.
 
         @return: the messages that were written and not acknowledged: they
-            may or may not have arrived, and are not resent.  Those never
-            written are kept, renumbered from 1, and go out in the new
-            session.
+            may or may not have arrived, and are not resent (their receipts
+            fail with L{MessageLost}).  Those never written are kept,
+            renumbered from 1, and go out in the new session.
         """
-        lost = [m for seq, m in self._unacked if seq <= self.sent]
-        keep = [m for seq, m in self._unacked if seq > self.sent]
+        receipts, self.receipts = self.receipts, {}
+        lost: list[bytes] = []
+        keep: list[tuple[bytes, Any]] = []
+        for seq, m in self._unacked:
+            receipt = receipts.get(seq)
+            if seq <= self.sent:
+                lost.append(m)
+                if receipt is not None:
+                    self.settled.append((receipt, None, MessageLost(m, why)))
+            else:
+                keep.append((m, receipt))
         self.nextSeq = 1
         self.sent = self.acked = self.received = self.pendingAcks = 0
         self._unacked.clear()
         self.unackedBytes = 0
-        for m in keep:
-            self.store(m)
+        for m, receipt in keep:
+            self._append(m, receipt)  # they fitted before: no overflow now
         return lost
 
     def drain(self) -> list[bytes]:
         """
-        Take every stored message out (to send without a session) and
-        forget them.
+        Take every stored message out (to send without a session, now) and
+        forget them; their receipts are settled as written.
         """
+        for seq, _ in self._unacked:
+            receipt = self.receipts.pop(seq, None)
+            if receipt is not None:
+                self.settled.append((receipt, None, None))
         messages = [m for _, m in self._unacked]
         self._unacked.clear()
         self.unackedBytes = 0
         self.sent = self.acked = self.nextSeq - 1
         return messages
+
+    def refuse(self, seq: int, error: DeliveryFailed) -> bytes | None:
+        """
+        Take the message numbered C{seq} out, never to be sent (it is over
+        the peer's frame limit); the peer sees a gap, as after a drop.
+        """
+        for index, (stored, message) in enumerate(self._unacked):
+            if stored == seq:
+                del self._unacked[index]
+                self.unackedBytes -= len(message)
+                self.dropped += 1
+                receipt = self.receipts.pop(seq, None)
+                if receipt is not None:
+                    self.settled.append((receipt, None, error))
+                return message
+        return None
+
+    def cancelReceipts(self, why: str) -> None:
+        """
+        Nobody will wait for acknowledgements any more (the factory
+        stopped): fail every receipt still pending.
+        """
+        if not self.receipts:
+            return
+        receipts, self.receipts = self.receipts, {}
+        for seq, message in self._unacked:
+            receipt = receipts.get(seq)
+            if receipt is not None:
+                self.settled.append((receipt, None, DeliveryCancelled(message, why)))
+
+    def takeSettled(self) -> list[Settled]:
+        """The receipts settled since the last call, oldest first."""
+        settled, self.settled = self.settled, []
+        return settled
+
+
+_FULL = "the send buffer was full (overflow policy)"
