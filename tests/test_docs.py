@@ -17,6 +17,7 @@ GUIDE = ROOT / "docs" / "guide.md"
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.py"))
 EMBED = r"<!-- example: docs/examples/(\S+) -->\n```python\n(.*?)```"
 EXPECTED_OUTPUT = {
+    "backpressure.py": "server got 5000 messages; the producer was paused",
     "client_server.py": "client: got echo: hello",
     "raw_keepalive.py": "2 replies matched",
     "resume.py": "server got each message once, in order: True",

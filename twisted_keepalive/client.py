@@ -566,7 +566,10 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         if self.maxRetries is not None and failures > self.maxRetries:
             message = f"gave up after {failures} consecutive failures"
             self.log.warn(
-                "Giving up on {server}: {message}", server=self.currentServer, message=message
+                "Giving up on {server}: {message} (last: {error})",
+                server=self.currentServer,
+                message=message,
+                error=self.lastError,
             )
             expired += self._popWaiters(lambda limit: True)
             self.stopTrying()
@@ -779,9 +782,13 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
 
     def messageRefused(self, message: bytes, reason: str) -> None:
         """
-        Override: a message queued before the server's frame limit was
-        known exceeds it; it was taken out unsent.  Already logged.
+        A message queued before the server's frame limit was known exceeds
+        it; it was taken out unsent (its receipt, if any, failed with
+        L{MessageTooLarge}).  Logs it; override to do otherwise.
         """
+        self.log.warn(
+            "Message not sent to {server}: {reason}", server=self.currentServer, reason=reason
+        )
 
     def heartbeatSessionLost(self, protocol: HeartbeatProtocol, event: Any) -> None:
         self.sessionsLost += 1

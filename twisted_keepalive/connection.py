@@ -170,6 +170,10 @@ Event = (
 #: (another owner, an acknowledgement of messages never sent).
 SessionProvider = Callable[[Hello], tuple[Session, bool] | None]
 
+#: L{SessionLost} reasons.
+NO_SESSIONS = "the server does not keep sessions"
+SESSION_GONE = "the server no longer has the session"
+
 #: DATA in a session carries a sequence number and maybe an ACK: the most a
 #: message may be, below the peer's frame limit.
 SESSION_OVERHEAD = 18
@@ -657,7 +661,7 @@ class KeepaliveConnection:
         if hello.session is None or hello.received is None:
             # A server without sessions: what was written is unconfirmed;
             # what never was goes out as plain messages on this connection.
-            why = "the server does not keep sessions"
+            why = NO_SESSIONS
             lost = session.restart(why)
             self.session = None
             limit = self.peerMaxFrame - 2
@@ -672,7 +676,7 @@ class KeepaliveConnection:
             raise RemoteProtocolError("HELLO names another session than ours")
         resumed = hello.session == session.id
         if session.established and not resumed:
-            why = "the server no longer has the session"
+            why = SESSION_GONE
             lost = session.restart(why)
             events.append(SessionLost(lost, why))
         session.established = True

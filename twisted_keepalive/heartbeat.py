@@ -261,11 +261,20 @@ class HeartbeatProtocol(Protocol):
             if session.pendingAcks and self._ackCall is None:
                 # One timer per ack period, not per message (ackEvery sends at once).
                 self._ackCall = self.clock.callLater(self.config.ackDelay, self._sendAck)
-            # Acknowledgements settle receipts and free room for a producer.
-            if session.settled:
-                fireReceipts(session)
-            if self._producer is not None:
-                self._updateProducer()
+            try:
+                self._deliver(core, events)
+            finally:
+                # After the messages of this read: an acknowledgement rides on
+                # the reply it acknowledges, and a receipt's callback must
+                # find that reply delivered.
+                if session.settled:
+                    fireReceipts(session)
+                if self._producer is not None:
+                    self._updateProducer()  # acknowledgements free room
+            return
+        self._deliver(core, events)
+
+    def _deliver(self, core: KeepaliveConnection, events: list[Any]) -> None:
         # Input that ended the connection (a CLOSE, a fault) still delivers
         # everything that came before it; only the application closing the
         # connection meanwhile stops the delivery.
@@ -659,12 +668,13 @@ class HeartbeatProtocol(Protocol):
             if notify is not None:
                 notify(self, event)
         elif isinstance(event, MessageRefused):
-            self.log.warn(
-                "Message not sent to {peer}: {reason}", peer=self.peer, reason=event.reason
-            )
             notify = getattr(self.factory, "heartbeatMessageRefused", None)
             if notify is not None:
-                notify(self, event)
+                notify(self, event)  # the factory reports it (its queue held it)
+            else:
+                self.log.warn(
+                    "Message not sent to {peer}: {reason}", peer=self.peer, reason=event.reason
+                )
         elif isinstance(event, SessionLost):
             self.log.warn(
                 "Session lost with {peer} ({reason}): {count} messages may not have arrived",

@@ -19,20 +19,18 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.stdio import StandardIO
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
-from zope.interface import implementer
 
 from .client import ClientState, KeepaliveClientFactory
+from .connection import SESSION_GONE
 from .heartbeat import HeartbeatProtocol
 from .raw import RawHeartbeatProtocol
 from .server import DisconnectReason, KeepaliveServerFactory, ServerProtocol
+from .stdio import EXIT_GAVE_UP, StdioPipe, exitStatus
 
 if TYPE_CHECKING:
     from .tap import Options
@@ -120,8 +118,7 @@ class _ClientProtocol(HeartbeatProtocol):
 
 class _RawClientProtocol(RawHeartbeatProtocol):
     def rawDataReceived(self, data: bytes) -> None:
-        if self.factory.service.stdio is not None:
-            self.factory.service.stdio.write(data)
+        self.factory.service.deliver(data)
 
     def pongReceived(self, rtt: float) -> None:
         self.factory.service.rttObserved(rtt, self)
@@ -134,47 +131,26 @@ class _ClientFactory(KeepaliveClientFactory):
         self.service.totals.add(protocol)
         super().heartbeatConnectionLost(protocol, reason)
 
+    def messageRefused(self, message: bytes, reason: str) -> None:
+        if self.service.pipe is None:
+            super().messageRefused(message, reason)
+        # else: the pipe reports the line, with its number, from its receipt
 
-@implementer(IHalfCloseableProtocol)
-class _StdinLines(LineReceiver):
-    """
-    Lines from standard input.  Half-closeable: at end of input, standard
-    output stays open for the replies still to come.
-    """
-
-    delimiter = b"\n"
-    MAX_LENGTH = 1 << 20
-
-    def __init__(self, service: KeepaliveClientService) -> None:
-        self.service = service
-
-    def lineReceived(self, line: bytes) -> None:
-        self.service.sendLine(line.rstrip(b"\r"))
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        log.warn("Standard input line over {limit} bytes dropped", limit=self.MAX_LENGTH)
-
-    def readConnectionLost(self) -> None:
-        self.service.stdinClosed()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-
-#: With --stdio, after standard input ends and every line is acknowledged,
-#: how long nothing must arrive before the client leaves.
-STDIO_QUIET = 0.5
+    def sessionLost(self, undelivered: list[bytes], reason: str) -> None:
+        if self.service.pipe is not None:
+            self.service.pipe.noteSessionLost(undelivered, reason == SESSION_GONE)
 
 
 class KeepaliveClientService(Service):
     """
     Keeps a connection to the configured servers alive; with C{--stdio},
-    pipes lines through it.
+    pipes lines through it (L{StdioPipe}).
     """
 
     def __init__(self, options: Options) -> None:
         self.options = options
         self.mode = "client"
+        raw = options["raw"]
         self.factory = _ClientFactory(
             options["heartbeat"],
             retryPolicy=options.retryPolicy(),
@@ -185,31 +161,34 @@ class KeepaliveClientService(Service):
             maxRetries=options["max-retries"],
             queueSize=options["queue-size"],
             # A pipe of lines must survive drops: exactly once, in order.
-            resume=bool(options["stdio"]) and options["raw"] is None,
+            resume=bool(options["stdio"]) and raw is None,
         )
         self.factory.service = self
-        raw = options["raw"]
         if raw is not None:
             self.factory.protocol = lambda: _RawClientProtocol(raw)  # type: ignore[assignment,misc]
         else:
             self.factory.protocol = _ClientProtocol
         self.totals = Totals()
         self.registry, self.rtt = metricsRegistry(self, "Heartbeat round-trip time.")
-        self.stdio: StandardIO | None = None
-        self._stdinDone = False
+        self.pipe: StdioPipe | None = None
+        if options["stdio"]:
+            self.pipe = StdioPipe(
+                self.factory, reactor, exitStatus.fail, appendNewline=raw is not None
+            )
         self._stopping = False
-        self._lastDelivered = 0.0
-        self._drainCheck: Any = None
         self.factory.addStateObserver(self._stateChanged)
 
     def startService(self) -> None:
         super().startService()
-        if self.options["stdio"]:
-            self.stdio = StandardIO(_StdinLines(self))
+        if self.pipe is not None:
+            self.pipe.start()
         self.factory.connect()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._stopping = True
+        if self.pipe is not None:
+            self.pipe.cancel()
         protocol = self.factory.connected
         self.factory.stopTrying()
         if protocol is None or protocol.transport is None:
@@ -224,57 +203,24 @@ class KeepaliveClientService(Service):
         protocol.connectionClosed = closed  # type: ignore[method-assign]
         return done
 
-    # stdio
-
-    def sendLine(self, line: bytes) -> None:
-        if self.options["raw"] is not None:
-            line += b"\n"
-        try:
-            self.factory.sendMessage(line)
-        except Exception as e:  # QueueFull, or a message over the peer's limit
-            log.warn("Line not sent: {error}", error=str(e))
-
     def deliver(self, message: bytes) -> None:
-        self._lastDelivered = reactor.seconds()
-        if self.stdio is not None:
-            self.stdio.write(message + b"\n")
-
-    def stdinClosed(self) -> None:
-        self._stdinDone = True
-        self._stopIfDrained()
+        if self.pipe is not None:
+            self.pipe.deliver(message)
 
     def _stateChanged(self, old: ClientState, new: ClientState) -> None:
-        if new is ClientState.CONNECTED:
-            self._stopIfDrained()
-
-    def _stopIfDrained(self) -> None:
-        # Standard input is done and every line has been written (with a
-        # session: acknowledged by the server): leave.
-        f = self.factory
-        if not self._stdinDone or self._stopping:
-            return
-        unacked = len(f.resumeSession) if f.resumeSession is not None else 0
-        # Replies may still be on their way (a replay after a resume): leave
-        # once nothing has arrived for STDIO_QUIET seconds.
-        quiet = reactor.seconds() - self._lastDelivered >= STDIO_QUIET
-        if not f.queue and not unacked and quiet and f.connected is not None:
-            self._stopping = True
-            log.info("Standard input closed and every line delivered; stopping")
-            reactor.callLater(0.2, reactor.stop)
-        elif self._drainCheck is None:
-            # Waiting for the server's acknowledgements (a few ackDelays),
-            # for the replies to stop, or for a connection.
-            self._drainCheck = reactor.callLater(0.05, self._checkAgain)
-
-    def _checkAgain(self) -> None:
-        self._drainCheck = None
-        self._stopIfDrained()
+        if new is ClientState.CONNECTED and self.pipe is not None:
+            self.pipe.connectionReady()
+        elif new is ClientState.STOPPED and not self._stopping:
+            # Only --max-retries stops the factory by itself.
+            self._stopping = True  # the factory said why, in one line
+            exitStatus.fail(EXIT_GAVE_UP)
+            reactor.callLater(0, reactor.stop)
 
     # status
 
     def rttObserved(self, rtt: float, protocol: Any) -> None:
         self.rtt.observe(rtt)
-        if not self.options["stdio"]:
+        if self.pipe is None:
             srtt = protocol.rtt.srtt if protocol.rtt is not None else None
             log.info(
                 "Heartbeat from {server}: rtt {rtt_ms:.3f} ms (smoothed {srtt_ms:.3f} ms)",
@@ -299,6 +245,9 @@ class KeepaliveClientService(Service):
             "queued": len(f.queue),
             "unacknowledged": len(f.resumeSession) if f.resumeSession is not None else 0,
             "sessions_lost": f.sessionsLost,
+            "undelivered": f.undelivered,
+            "dropped": f.dropped,
+            "refused": f.refused,
             "attempts": f.attempts,
             "failures": f.failures,
             "last_error": f.lastError,
@@ -321,7 +270,7 @@ class _ModeServerFactory(KeepaliveServerFactory):
 
     def messageReceived(self, protocol: HeartbeatProtocol, message: bytes) -> None:
         if self.mode == "echo":
-            protocol.sendMessage(message)
+            self.push(protocol, message)
         elif self.mode == "broadcast":
             self.broadcast(message, where=lambda p: p is not protocol)
 
@@ -347,6 +296,7 @@ class KeepaliveServerService(_Listener):
             options["heartbeat"],
             maxConnections=options["max-connections"],
             sessionGrace=grace if grace > 0 else None,
+            sessionBuffer=options["session-buffer"],
         )
         self.factory.mode = options["mode"]
         self.factory.service = self
@@ -380,6 +330,8 @@ class KeepaliveServerService(_Listener):
             "sessions": len(f.sessions),
             "sessions_resumed": f.sessionsResumed,
             "sessions_expired": f.sessionsExpired,
+            "slow_consumers": f.slowConsumers,
+            "push_refused": f.pushRefused,
             **self.totals.withLive(list(f.connections)),
         }
 
@@ -457,6 +409,25 @@ class _Collector(Collector):
                 "Messages waiting for a connection.",
                 status["queued"],
             )
+            yield GaugeMetricFamily(
+                "keepalive_client_unacknowledged_messages",
+                "Messages of the session not yet acknowledged by the server.",
+                status["unacknowledged"],
+            )
+            yield CounterMetricFamily(
+                "keepalive_client_sessions_lost",
+                "Sessions the server no longer had (messages may be lost).",
+                status["sessions_lost"],
+            )
+            lost = CounterMetricFamily(
+                "keepalive_client_messages_not_delivered",
+                "Messages that may not have arrived, by why.",
+                labels=["why"],
+            )
+            lost.add_metric(["session_lost"], status["undelivered"])
+            lost.add_metric(["dropped"], status["dropped"])
+            lost.add_metric(["refused"], status["refused"])
+            yield lost
             if status["rtt"] is not None:
                 yield GaugeMetricFamily(
                     "keepalive_smoothed_rtt_seconds", "Smoothed RTT (RFC 6298).", status["rtt"]
@@ -474,6 +445,19 @@ class _Collector(Collector):
             for reason in DisconnectReason:
                 gone.add_metric([reason.value], status["disconnects"].get(reason.value, 0))
             yield gone
+            yield GaugeMetricFamily(
+                "keepalive_server_sessions", "Sessions kept (live or in grace).", status["sessions"]
+            )
+            yield CounterMetricFamily(
+                "keepalive_server_sessions_expired",
+                "Sessions forgotten after their grace period.",
+                status["sessions_expired"],
+            )
+            yield CounterMetricFamily(
+                "keepalive_server_slow_consumers",
+                "Push recipients closed because their session buffer was full.",
+                status["slow_consumers"],
+            )
 
 
 class _StatusResource(Resource):

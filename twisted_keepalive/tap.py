@@ -166,6 +166,14 @@ class Options(usage.Options):
             _seconds("--session-grace", allowZero=True),
         ],
         [
+            "session-buffer",
+            None,
+            10_000,
+            "Server: messages kept per session until the client acknowledges them; "
+            "a client that lets it fill is closed as a slow consumer.",
+            _count("--session-buffer", 1),
+        ],
+        [
             "connect-timeout",
             None,
             10.0,
