@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol, Role
 from twisted_keepalive.testing import MemoryPair
@@ -87,3 +89,26 @@ def makePair(
     if connect:
         pair.connect()
     return c, s, pair
+
+
+@implementer(IPushProducer)
+class RecordingProducer:
+    """
+    A push producer that records what its consumer asks of it.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.calls) and self.calls[-1] == "pause"
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")

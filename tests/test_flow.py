@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
-
 from twisted_keepalive import HeartbeatConfig, HeartbeatTimeout
 from twisted_keepalive.client import KeepaliveClientFactory, Overflow, QueueFull
 from twisted_keepalive.errors import (
@@ -24,27 +21,8 @@ from twisted_keepalive.errors import (
 from twisted_keepalive.frames import Hello
 from twisted_keepalive.stdio import StdinLines, describeNumbers
 
-from .helpers import ClockTestCase, makePair
+from .helpers import ClockTestCase, RecordingProducer, makePair
 from .test_session import CONFIG, Link, RecordingClient, RecordingServer, settle
-
-
-@implementer(IPushProducer)
-class Producer:
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    @property
-    def paused(self) -> bool:
-        return bool(self.events) and self.events[-1] == "pause"
-
-    def pauseProducing(self) -> None:
-        self.events.append("pause")
-
-    def resumeProducing(self) -> None:
-        self.events.append("resume")
-
-    def stopProducing(self) -> None:
-        self.events.append("stop")
 
 
 class Outcomes:
@@ -207,20 +185,20 @@ class ReceiptTests(Base):
 class BackpressureTests(Base):
     def test_pausedAtFullResumedAtHalf(self) -> None:
         client = self.client(queueSize=10)
-        producer = Producer()
+        producer = RecordingProducer()
         client.registerProducer(producer, True)
         for i in range(10):
             client.sendMessage(b"%d" % i)
-        self.assertEqual(producer.events, ["pause"])
+        self.assertEqual(producer.calls, ["pause"])
         link = self.connect(client)
         settle(self.clock, link)
-        self.assertEqual(producer.events, ["pause", "resume"])
+        self.assertEqual(producer.calls, ["pause", "resume"])
         self.assertEqual(len(self.server.got), 10)
         link.drop()
 
     def test_whatAPausedProducerStillSendsIsKeptUpToTwiceTheBound(self) -> None:
         client = self.client(queueSize=4)
-        client.registerProducer(Producer(), True)
+        client.registerProducer(RecordingProducer(), True)
         for i in range(8):
             client.sendMessage(b"%d" % i)  # 4 over the bound: kept, not refused
         self.assertRaises(QueueFull, client.sendMessage, b"9")
@@ -230,38 +208,38 @@ class BackpressureTests(Base):
 
     def test_plainQueuePausesToo(self) -> None:
         client = KeepaliveClientFactory(CONFIG, queueSize=4, clock=self.clock)
-        producer = Producer()
+        producer = RecordingProducer()
         client.registerProducer(producer, True)
         for i in range(4):
             client.sendMessage(b"%d" % i)
         self.assertTrue(producer.paused)
         link = self.connect(client)
-        self.assertEqual(producer.events, ["pause", "resume"])
+        self.assertEqual(producer.calls, ["pause", "resume"])
         link.drop()
 
     def test_aFullTransportPausesTheFactorysProducer(self) -> None:
         client = self.client()
         link = self.connect(client)
-        producer = Producer()
+        producer = RecordingProducer()
         client.registerProducer(producer, True)
         link.client.pauseProducing()  # the transport's buffer is full
-        self.assertEqual(producer.events, ["pause"])
+        self.assertEqual(producer.calls, ["pause"])
         link.client.resumeProducing()
-        self.assertEqual(producer.events, ["pause", "resume"])
+        self.assertEqual(producer.calls, ["pause", "resume"])
         link.drop()
 
     def test_unacknowledgedSessionPausesAServerSideProducer(self) -> None:
         self.server.sessionBuffer = 4
         client = self.client()
         link = self.connect(client)
-        producer = Producer()
+        producer = RecordingProducer()
         link.server.registerProducer(producer, True)
         for i in range(4):
             link.server.sendMessage(b"%d" % i)
-        self.assertEqual(producer.events, ["pause"])  # nothing acknowledged yet
+        self.assertEqual(producer.calls, ["pause"])  # nothing acknowledged yet
         link.pump()
         settle(self.clock, link)
-        self.assertEqual(producer.events, ["pause", "resume"])
+        self.assertEqual(producer.calls, ["pause", "resume"])
         link.drop()
 
     def test_broadcastIsolatesARecipientThatDoesNotAcknowledge(self) -> None:

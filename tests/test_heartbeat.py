@@ -40,7 +40,7 @@ from twisted_keepalive.frames import (
     parseFrame,
 )
 
-from .helpers import ClockTestCase, Recorder, capturingLogger, makePair
+from .helpers import ClockTestCase, Recorder, RecordingProducer, capturingLogger, makePair
 
 
 class Echo(Recorder):
@@ -339,24 +339,8 @@ class CloseTests(ClockTestCase):
         self.assertIsInstance(s.closeReason.value, ClosedLocally)
 
     def test_applicationProducerFollowsTheTransport(self) -> None:
-        from twisted.internet.interfaces import IPushProducer
-        from zope.interface import implementer
-
-        @implementer(IPushProducer)
-        class Producer:
-            calls: list[str] = []
-
-            def pauseProducing(self) -> None:
-                self.calls.append("pause")
-
-            def resumeProducing(self) -> None:
-                self.calls.append("resume")
-
-            def stopProducing(self) -> None:
-                self.calls.append("stop")
-
         c, s, pair = makePair(self.clock)
-        producer = Producer()
+        producer = RecordingProducer()
         c.registerProducer(producer, True)
         self.assertIs(pair.clientTransport.producer, c)  # the protocol holds the slot
         pair.clientTransport.producer.pauseProducing()  # the socket buffer filled
@@ -364,10 +348,10 @@ class CloseTests(ClockTestCase):
         pair.clientTransport.producer.resumeProducing()
         self.assertEqual(producer.calls, ["pause", "resume"])
         with self.assertRaises(LocalProtocolError):
-            c.registerProducer(Producer(), True)
+            c.registerProducer(RecordingProducer(), True)
         c.unregisterProducer()
         with self.assertRaises(LocalProtocolError):
-            c.registerProducer(Producer(), False)
+            c.registerProducer(RecordingProducer(), False)
         c.close()
         pair.pump()
 

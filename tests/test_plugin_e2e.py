@@ -147,49 +147,6 @@ def test_stdioLinesArriveAndComeBack() -> Any:
 
 
 @pytest_twisted.inlineCallbacks
-def test_stdioSurvivesDropsExactlyOnceInOrder() -> Any:
-    """
-    Lines piped through --stdio while the connection is reset again and
-    again (a fault proxy between client and server) all come back from the
-    echo server once each, in order: the session replays what was in flight.
-    """
-    from twisted_keepalive.testing import FaultProxy
-
-    procs = Processes()
-    proxy = None
-    try:
-        port, sStatus = freePort(), freePort()
-        server(procs, "server", port, sStatus)
-        yield waitFor(listening(sStatus), 20, "the server")
-        proxy = FaultProxy("127.0.0.1", port)
-        cli = procs.start(
-            "client",
-            *("--host", f"127.0.0.1:{proxy.listen()}", "--stdio", *FAST_CLIENT),
-            logfile=True,
-        )
-        lines = [f"line {i}".encode() for i in range(3000)]
-        resets = 0
-        for start in range(0, len(lines), 300):
-            cli.transport.write(b"".join(line + b"\n" for line in lines[start : start + 300]))
-            yield deferLater(reactor, 0.15, lambda: None)
-            if proxy.accepted:
-                proxy.reset()  # RST both ways, mid-stream
-                resets += 1
-        cli.transport.closeStdin()
-        code = yield cli.ended
-        assert code == 0, cli.err.decode()[-2000:]
-        assert resets >= 5, resets
-        assert cli.out.decode().splitlines() == [line.decode() for line in lines]
-        log = procs.log("client")
-        assert "Session resumed" in log, log[-3000:]
-        assert "Session lost" not in log
-    finally:
-        if proxy is not None:
-            yield proxy.stop()
-        yield procs.cleanup()
-
-
-@pytest_twisted.inlineCallbacks
 def test_portInUseIsOneLineAndNonZero() -> Any:
     procs = Processes()
     busy = socket.socket()

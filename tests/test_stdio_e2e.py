@@ -93,6 +93,7 @@ def test_burstsWithAResetAfterEachExactlyOnceInOrder() -> Any:
         assert code == 0, log[-3000:]
         assert resets >= 5, resets
         assert cli.out.decode().splitlines() == sent
+        assert "Session resumed" in log, log[-3000:]
         assert "Session lost" not in log and "not sent" not in log
     finally:
         if proxy is not None:
