@@ -13,6 +13,7 @@ from twisted_keepalive import HeartbeatConfig, HeartbeatTimeout
 from twisted_keepalive.client import KeepaliveClientFactory, Overflow, QueueFull
 from twisted_keepalive.errors import (
     DeliveryCancelled,
+    LocalProtocolError,
     MessageDropped,
     MessageLost,
     MessageTooLarge,
@@ -162,6 +163,19 @@ class ReceiptTests(Base):
         self.assertEqual(plain.got, [b"queued", b"live"])
         link.drop()
 
+    def test_tooLargeForAServerWithoutSessionsIsRefusedNotConfirmed(self) -> None:
+        plain = RecordingServer(self.clock, [], sessionGrace=None)
+        plain.heartbeatConfig = HeartbeatConfig(interval=1.0, timeout=3.0, maxFrame=1024)
+        client = self.client()
+        for message in (b"a", b"x" * 2000, b"b"):
+            self.send(client, message)
+        link = self.connect(client, plain)
+        self.assertIsInstance(self.outcomes.results[b"x" * 2000], MessageTooLarge)
+        self.assertEqual((self.outcomes.results[b"a"], self.outcomes.results[b"b"]), (None, None))
+        self.assertEqual(plain.got, [b"a", b"b"])
+        self.assertEqual((client.refused, client.dropped), (1, 0))  # counted once
+        link.drop()
+
     def test_tooLargeForTheServerIsRefusedAlone(self) -> None:
         small = RecordingServer(self.clock, [], sessionGrace=30.0)
         small.heartbeatConfig = HeartbeatConfig(
@@ -177,7 +191,7 @@ class ReceiptTests(Base):
         assert isinstance(refused, MessageTooLarge)
         self.assertEqual((self.outcomes.results[b"a"], self.outcomes.results[b"b"]), (1, 3))
         self.assertEqual(small.got, [b"a", b"b"])  # and the session goes on
-        self.assertEqual(client.refused, 1)
+        self.assertEqual((client.refused, client.dropped), (1, 0))  # counted once
         self.assertTrue(link.up)
         link.drop()
 
@@ -314,6 +328,17 @@ class SessionEndTests(Base):
 
 
 class ReadingPauseTests(ClockTestCase):
+    def test_onlyOnceOpen(self) -> None:
+        """
+        Before the handshake there is no timeout to suspend: pausing then
+        would restore "no timeout" afterwards and never detect a dead peer.
+        """
+        client, server, pair = makePair(self.clock, connect=False)
+        self.assertRaises(LocalProtocolError, client.pauseReading)
+        pair.connect()
+        client.close()
+        pair.pump()
+
     def test_pausedReadingIsNotThePeersSilence(self) -> None:
         client, server, pair = makePair(self.clock)  # client timeout 3 s
         client.pauseReading()

@@ -768,8 +768,9 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         is suspended meanwhile (see L{HeartbeatProtocol.pauseReading}).
         """
         self._readingPaused = True
-        if isinstance(self.connected, HeartbeatProtocol):
-            self.connected.pauseReading()
+        protocol = self.connected
+        if isinstance(protocol, HeartbeatProtocol) and protocol.isOpen:
+            protocol.pauseReading()
 
     def resumeReading(self) -> None:
         self._readingPaused = False

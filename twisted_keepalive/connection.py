@@ -546,12 +546,12 @@ class KeepaliveConnection:
 
     def _pong(self, pong: Pong, now: float) -> float | None:
         if self._forgottenPings:
-            # Answers to the oldest pings come first, in order: these are
-            # for the ones the cap forgot (nothing to time them against).
-            self._forgottenPings -= 1
+            # Answers come in order, so the first ones are for the pings the
+            # cap forgot (nothing to time them against)...
             if not self._outstanding or pong.id != self._outstanding[0][0]:
+                self._forgottenPings -= 1
                 return None
-            self._forgottenPings = 0  # it was not one of them after all
+            self._forgottenPings = 0  # ...unless the oldest remembered one is answered
         if not self._outstanding:
             raise RemoteProtocolError(f"PONG {pong.id} for a ping never sent")
         pingId, sentAt, stamp = self._outstanding[0]
@@ -662,14 +662,10 @@ class KeepaliveConnection:
             # A server without sessions: what was written is unconfirmed;
             # what never was goes out as plain messages on this connection.
             why = NO_SESSIONS
-            lost = session.restart(why)
+            lost = session.restart(why)  # what is left was never written
             self.session = None
-            limit = self.peerMaxFrame - 2
-            for m in session.drain():
-                if len(m) > limit:
-                    events.append(MessageRefused(m, _tooLarge(m, limit)))
-                else:
-                    self._outbox.append(self._plainFrame(m, now))
+            _refuseOversized(session, self.peerMaxFrame - 2, events)
+            self._outbox.extend(self._plainFrame(m, now) for m in session.drain())
             events.append(SessionLost(lost, why))
             return None
         if hello.session not in (b"", session.id):
@@ -697,18 +693,22 @@ class KeepaliveConnection:
         previouslySent = session.sent
         session.rewind()
         replayed = 0
-        limit = self.peerMaxFrame - SESSION_OVERHEAD
+        _refuseOversized(session, self.peerMaxFrame - SESSION_OVERHEAD, events)
         for seq, message in list(session.unsent()):
-            if len(message) > limit:
-                why = _tooLarge(message, limit)
-                session.refuse(seq, MessageTooLarge(message, why))
-                events.append(MessageRefused(message, why))
-                continue
             self._outbox.append(self._frameStored(seq, message, now))
             if seq <= previouslySent:
                 replayed += 1
         return replayed
 
 
-def _tooLarge(message: bytes, limit: int) -> str:
-    return f"message of {len(message)} bytes exceeds the peer's limit of {limit}"
+def _refuseOversized(session: Session, limit: int, events: list[Event]) -> None:
+    """
+    Take out of C{session} every message still to be written that is over
+    C{limit} (stored before the peer's frame limit was known): written, it
+    would close the connection, at every reconnection.
+    """
+    for seq, message in list(session.unsent()):
+        if len(message) > limit:
+            why = f"message of {len(message)} bytes exceeds the peer's limit of {limit}"
+            session.refuse(seq, MessageTooLarge(message, why))
+            events.append(MessageRefused(message, why))

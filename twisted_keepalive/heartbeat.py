@@ -302,6 +302,9 @@ class HeartbeatProtocol(Protocol):
         self._cancelTimers()
         if self.core is not None:
             self.core.state = State.CLOSED
+            if self._elastic and self.core.session is not None:
+                # Our producer is gone with us; the session may outlive us.
+                self.core.session.elastic = False
         if self._reason is not None:
             reason = Failure(self._reason)
         self.closeReason = reason
@@ -598,18 +601,21 @@ class HeartbeatProtocol(Protocol):
         The silence this causes is ours, not the peer's: the dead-peer
         timeout is suspended until L{resumeReading}; we keep pinging so the
         peer hears from us.
+
+        @raise LocalProtocolError: before the handshake (it sets the
+            timeout that is suspended; the handshake timeout applies).
         """
+        core = self.core
+        if core is None or core.state is not _OPEN:
+            raise LocalProtocolError("pauseReading: the connection is not open")
         if self._readingPaused:
             return
         self._readingPaused = True
-        core = self.core
-        if core is not None:
-            self._savedTimeout = core.liveness.timeout
-            core.liveness.timeout = None
-            if self._sweeper is not None:
-                self._sweeper.remove(self)
-        if self.transport is not None:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._savedTimeout = core.liveness.timeout
+        core.liveness.timeout = None
+        if self._sweeper is not None:
+            self._sweeper.remove(self)
+        self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeReading(self) -> None:
         """
@@ -619,15 +625,16 @@ class HeartbeatProtocol(Protocol):
             return
         self._readingPaused = False
         core = self.core
-        if core is not None and core.state is not _CLOSED:
-            core.liveness.timeout = self._savedTimeout
-            core.liveness.lastReceived = self._now()
-            if self._sweeper is not None:
-                self._sweeper.add(self, core.liveness, self._declareDead)
-            if self._timer is not None and self._timer.active:
-                self._timer.start()
-        if self.transport is not None:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        assert core is not None
+        if core.state is _CLOSED:
+            return
+        core.liveness.timeout = self._savedTimeout
+        core.liveness.lastReceived = self._now()
+        if self._sweeper is not None:
+            self._sweeper.add(self, core.liveness, self._declareDead)
+        if self._timer is not None and self._timer.active:
+            self._timer.start()
+        self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _slowConsumer(self) -> None:
         limit = self.config.maxPendingOutput

@@ -452,7 +452,7 @@ class KeepaliveServerFactory(ServerFactory):
         """
         sent = 0
         for protocol in list(self.connections):
-            if where is not None and not where(protocol):
+            if not protocol.isOpen or (where is not None and not where(protocol)):
                 continue
             if self.push(protocol, message):
                 sent += 1

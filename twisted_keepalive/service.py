@@ -172,9 +172,7 @@ class KeepaliveClientService(Service):
         self.registry, self.rtt = metricsRegistry(self, "Heartbeat round-trip time.")
         self.pipe: StdioPipe | None = None
         if options["stdio"]:
-            self.pipe = StdioPipe(
-                self.factory, reactor, exitStatus.fail, appendNewline=raw is not None
-            )
+            self.pipe = StdioPipe(self.factory, reactor, exitStatus.fail, raw=raw is not None)
         self._stopping = False
         self.factory.addStateObserver(self._stateChanged)
 

@@ -310,7 +310,6 @@ class Session:
             if stored == seq:
                 del self._unacked[index]
                 self.unackedBytes -= len(message)
-                self.dropped += 1
                 receipt = self.receipts.pop(seq, None)
                 if receipt is not None:
                     self.settled.append((receipt, None, error))

@@ -66,7 +66,9 @@ class ExitStatus:
         self._installed = False
 
     def fail(self, code: int) -> None:
-        if code and (self.code == EXIT_OK or code < self.code):
+        if not code:
+            return
+        if self.code == EXIT_OK or code < self.code:
             self.code = code
         if not self._installed:
             self._installed = True
@@ -219,12 +221,14 @@ class StdioPipe:
         factory: KeepaliveClientFactory,
         reactor: Any,
         finished: Callable[[int], None],
-        appendNewline: bool = False,
+        raw: bool = False,
     ) -> None:
         self.factory = factory
         self.reactor = reactor
         self.finished = finished
-        self.appendNewline = appendNewline
+        # Raw (a foreign protocol): lines go out with their newline and what
+        # comes back is a byte stream, written as it is.
+        self.raw = raw
         self.lines = StdinLines(self._line, self._tooLong, self._stdinEnded, self._outputClosed)
         self._outputOpen = True
         self.stdio: Any = None
@@ -253,15 +257,14 @@ class StdioPipe:
     # Standard input
 
     def _line(self, number: int, line: bytes) -> None:
-        if self.appendNewline:
+        if self.raw:
             line += b"\n"
+        self.sent += 1
         try:
             receipt = self.factory.sendConfirmed(line)
         except Exception as e:  # over the server's limit, or full under a drop policy
-            self.sent += 1
             self._refuse(number, len(line), str(e))
             return
-        self.sent += 1
         receipt.addCallbacks(self._confirmed, self._failed, errbackArgs=(number, len(line)))
 
     def _tooLong(self, number: int, size: int) -> None:
@@ -279,15 +282,11 @@ class StdioPipe:
         self._settled()
 
     def _failed(self, failure: Failure, number: int, size: int) -> None:
-        if failure.check(DeliveryCancelled):
-            self.lost += 1  # stopping before it was acknowledged: not confirmed
-            self._lostLines.append(number)
-        elif failure.check(MessageLost):
-            self.lost += 1
-            self._lostLines.append(number)
-        else:  # MessageTooLarge, MessageDropped
+        if not failure.check(MessageLost, DeliveryCancelled):  # too large, or dropped
             self._refuse(number, size, failure.getErrorMessage())
             return
+        self.lost += 1  # may not have arrived (cancelled: stopped before acknowledged)
+        self._lostLines.append(number)
         if self._lostReport is None:
             # One line for a whole batch (a session loss settles many at once).
             self._lostReport = self.reactor.callLater(0, self._reportLost)
@@ -312,7 +311,7 @@ class StdioPipe:
     def deliver(self, message: bytes) -> None:
         self._lastHeard = self.reactor.seconds()
         if self.stdio is not None and self._outputOpen:
-            self.stdio.write(message if self.appendNewline else message + b"\n")
+            self.stdio.write(message if self.raw else message + b"\n")
 
     def _outputClosed(self) -> None:
         if self._outputOpen and not self._leaving:
