@@ -667,8 +667,10 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
     def _send(self, message: bytes, receipt: Deferred[int | None] | None) -> None:
         protocol = self.connected
         if protocol is not None and protocol.isOpen:
+            # The connection pauses our producer itself (through the relay).
             self._sendOn(protocol, message, receipt)
-        elif self.resumeSession is not None:
+            return
+        if self.resumeSession is not None:
             self.resumeSession.store(message, receipt)  # counts what its policy drops
             if self.resumeSession.settled:
                 fireReceipts(self.resumeSession)

@@ -396,8 +396,14 @@ class HeartbeatProtocol(Protocol):
             return
         if session.settled:
             fireReceipts(session)
-        if self._producer is not None:
-            self._updateProducer()
+        if session.reachedBound:
+            # Sending can only fill the buffer: pause on that edge, with no
+            # check per message (acknowledgements resume, in dataReceived).
+            session.reachedBound = False
+            producer = self._producer
+            if producer is not None and not self._producerPaused and session.isFull:
+                self._producerPaused = True
+                producer.pauseProducing()
 
     def sendConfirmed(self, message: bytes) -> Deferred[int | None]:
         """
@@ -527,6 +533,8 @@ class HeartbeatProtocol(Protocol):
     # pass it on to the application's producer, if it registered one.
 
     def pauseProducing(self) -> None:
+        if self.outputPaused:
+            return  # the transport says it again at every write while full
         self.outputPaused = True
         if self._producer is not None:
             self._updateProducer()

@@ -79,6 +79,9 @@ class Session:
         read, a chunk in hand) is kept, up to twice the bounds, before the
         overflow policy applies.  Backpressure instead of loss.
     @ivar settled: receipts to fire, in order (see L{Settled}).
+    @ivar reachedBound: L{store} filled the buffer (L{isFull}) since the
+        shell last cleared this: the edge on which it pauses a producer,
+        known without a check per message.
     """
 
     __slots__ = (
@@ -95,6 +98,7 @@ class Session:
         "nextSeq",
         "overflow",
         "pendingAcks",
+        "reachedBound",
         "receipts",
         "received",
         "sent",
@@ -128,6 +132,7 @@ class Session:
         self._unacked: deque[tuple[int, bytes]] = deque()
         self.unackedBytes = 0
         self.elastic = False
+        self.reachedBound = False
         self.receipts: dict[int, Any] = {}
         self.settled: list[Settled] = []
 
@@ -166,9 +171,13 @@ class Session:
         size = len(message)
         if size > self.maxBytes:
             raise QueueFull(f"message of {size} bytes exceeds the retransmit buffer")
-        scale = 2 if self.elastic else 1
-        maxMessages, maxBytes = self.maxMessages * scale, self.maxBytes * scale
-        while len(self._unacked) >= maxMessages or self.unackedBytes + size > maxBytes:
+        while len(self._unacked) >= self.maxMessages or self.unackedBytes + size > self.maxBytes:
+            if (
+                self.elastic
+                and len(self._unacked) < 2 * self.maxMessages
+                and self.unackedBytes + size <= 2 * self.maxBytes
+            ):
+                break  # a paused producer's last messages: kept (twice the bounds)
             if self.overflow is Overflow.RAISE:
                 raise QueueFull(
                     f"retransmit buffer is full ({len(self._unacked)} messages, "
@@ -184,7 +193,17 @@ class Session:
             dropped = self.receipts.pop(oldSeq, None) if self.receipts else None
             if dropped is not None:
                 self.settled.append((dropped, None, MessageDropped(old, _FULL)))
-        return self._append(message, receipt)
+        # _append, inlined: this is the data path of every session message.
+        seq = self.nextSeq
+        self.nextSeq = seq + 1
+        unacked = self._unacked
+        unacked.append((seq, message))
+        self.unackedBytes += size
+        if receipt is not None:
+            self.receipts[seq] = receipt
+        if len(unacked) >= self.maxMessages or self.unackedBytes >= self.maxBytes:
+            self.reachedBound = True
+        return seq
 
     def _append(self, message: bytes, receipt: Any) -> int:
         seq = self.nextSeq
@@ -209,18 +228,20 @@ class Session:
         if upTo <= self.acked:
             return 0
         self.acked = upTo
-        freed = 0
         unacked = self._unacked
+        before = len(unacked)
         receipts = self.receipts
-        while unacked and unacked[0][0] <= upTo:
-            seq, message = unacked.popleft()
-            self.unackedBytes -= len(message)
-            freed += 1
-            if receipts:
+        if receipts:
+            while unacked and unacked[0][0] <= upTo:
+                seq, message = unacked.popleft()
+                self.unackedBytes -= len(message)
                 receipt = receipts.pop(seq, None)
                 if receipt is not None:
                     self.settled.append((receipt, seq, None))
-        return freed
+        else:  # the data path of a session without receipts: as lean as can be
+            while unacked and unacked[0][0] <= upTo:
+                self.unackedBytes -= len(unacked.popleft()[1])
+        return before - len(unacked)
 
     def unsent(self) -> Iterator[tuple[int, bytes]]:
         """
