@@ -322,7 +322,7 @@ class SessionEndTests(Base):
         liar = Hello(2, 1.0, 3.0, 1 << 20, session=session.id, received=99)
         self.assertRaises(RemoteProtocolError, self.server.heartbeatSessionFor, owner, liar)
         self.assertTrue(owner.isOpen)
-        self.assertIs(self.server._sessionOwner[session.id], owner)
+        self.assertIs(self.server.sessionOwner(session.id), owner)
         self.assertEqual(self.server.sessionsResumed, 0)
         link.drop()
 

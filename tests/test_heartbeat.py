@@ -85,7 +85,7 @@ class HandshakeTests(ClockTestCase):
     def test_serverRaisesATooShortInterval(self) -> None:
         c, _, pair = makePair(
             self.clock,
-            client=HeartbeatConfig(interval=0.1, timeout=0.5),
+            client=HeartbeatConfig(interval=0.1, timeout=0.5, maxInterval=1.0),
             server=HeartbeatConfig(interval=5.0, timeout=12.0, minInterval=1.0),
         )
         # A longer interval scales the timeout: the same 5 missed pings.
@@ -93,6 +93,45 @@ class HandshakeTests(ClockTestCase):
         self.assertEqual(c.stats.timeout, 5.0)
         c.close()
         pair.pump()
+
+    def test_serverDefaultFloorOnTheInterval(self) -> None:
+        # A client asking to ping every millisecond is told the floor.
+        c, s, pair = makePair(
+            self.clock,
+            client=HeartbeatConfig(interval=0.001, timeout=0.5, maxInterval=1.0),
+            server=HeartbeatConfig(interval=5.0, timeout=12.0),
+        )
+        self.assertEqual(s.stats.interval, 0.1)
+        self.assertEqual(c.stats.interval, 0.1)
+        c.close()
+        pair.pump()
+
+    def test_clientRefusesAnIntervalBeyondItsBounds(self) -> None:
+        # A hostile server announcing 2**32-1 ms would scale the client's
+        # timeout to ~149 days: the client refuses the handshake instead.
+        for interval, timeout in ((0xFFFFFFFF / 1000, 30.0), (0.001, 30.0)):
+            c = Recorder(
+                HeartbeatConfig(interval=1.0, timeout=3.0), role=Role.CLIENT, clock=self.clock
+            )
+            transport = StringTransport()
+            c.makeConnection(transport)
+            c.dataReceived(encodeHello(Hello(2, interval, timeout, 1 << 20)))
+            self.assertFalse(c.isOpen)
+            self.assertIn(b"outside this client's bounds", transport.value())
+            c.connectionLost(Failure(ConnectionDone()))
+            self.assertIsInstance(c.closeReason.value, ProtocolViolation)
+
+    def test_scaledTimeoutIsCapped(self) -> None:
+        # Within the bounds (4 x interval by default), the timeout scales
+        # with the interval, so at most 4 x the configured timeout.
+        c = Recorder(HeartbeatConfig(interval=1.0, timeout=3.0), role=Role.CLIENT, clock=self.clock)
+        c.makeConnection(StringTransport())
+        c.dataReceived(encodeHello(Hello(2, 4.0, 30.0, 1 << 20)))
+        self.assertEqual(c.stats.timeout, 12.0)
+        self.clock.advance(12.0)
+        self.assertFalse(c.isOpen)
+        c.connectionLost(Failure(ConnectionDone()))
+        self.assertIsInstance(c.closeReason.value, HeartbeatTimeout)
 
     def test_handshakeTimeoutServerSide(self) -> None:
         s = Recorder(HeartbeatConfig(handshakeTimeout=2.0), role=Role.SERVER, clock=self.clock)
@@ -271,16 +310,47 @@ class DeadPeerTests(ClockTestCase):
         s.connectionLost(Failure(ConnectionDone()))
         self.assertIsInstance(s.closeReason.value, HeartbeatTimeout)
 
-    def test_anyInboundByteCountsAsLife(self) -> None:
+    def test_anyWholeFrameCountsAsLife(self) -> None:
+        c, _s, pair = makePair(self.clock)
+        pair.serverToClient = False
+        # One small message every 2.9 s keeps the client from declaring death.
+        for i in range(20):
+            pair.advance(2.9)
+            c.dataReceived(encodeData(b"z%d" % i))
+        self.assertTrue(c.isOpen)
+        self.assertEqual(len(c.messages), 20)
+        c.close()
+        pair.pump()
+
+    def test_trickledHalfFrameCannotHoldTheLink(self) -> None:
+        # Bytes of one frame prove life only from its first byte: a frame
+        # must complete within the timeout, however it is trickled.
         c, _s, pair = makePair(self.clock)
         pair.serverToClient = False
         frame = encodeData(b"z" * 100)
-        # One byte every 2.9 s is enough to keep the client from declaring death.
-        for i in range(len(frame)):
-            pair.advance(2.9)
+        pair.advance(1.0)
+        c.dataReceived(frame[:1])
+        for i in range(1, 20):
+            self.clock.advance(0.1)
             c.dataReceived(frame[i : i + 1])
         self.assertTrue(c.isOpen)
-        self.assertEqual(c.messages, [b"z" * 100])
+        self.clock.advance(3.0 - 1.9 - 0.001)
+        self.assertTrue(c.isOpen)
+        self.clock.advance(0.001)  # 3 s after the frame's first byte
+        self.assertFalse(c.isOpen)
+        pair.pump()
+        self.assertIsInstance(c.closeReason.value, HeartbeatTimeout)
+
+    def test_slowFrameThatCompletesInTimeIsLife(self) -> None:
+        c, _s, pair = makePair(self.clock)
+        pair.serverToClient = False
+        frame = encodeData(b"z" * 20)
+        for i in range(len(frame)):
+            self.clock.advance(0.1)  # 2.6 s for the whole frame: within 3 s
+            c.dataReceived(frame[i : i + 1])
+        self.assertEqual(c.messages, [b"z" * 20])
+        self.clock.advance(2.9)
+        self.assertTrue(c.isOpen)
         c.close()
         pair.pump()
 

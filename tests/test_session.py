@@ -283,9 +283,9 @@ class SessionLifecycleTests(ClockTestCase):
         old.client.connectionLost(Failure(ConnectionLost("client side only")))
         link = self.connect()
         self.assertTrue(old.st.disconnecting or old.st.disconnected)
-        self.assertIs(self.server._sessionOwner[link.server.session.id], link.server)
+        self.assertIs(self.server.sessionOwner(link.server.session.id), link.server)
         old.server.connectionLost(Failure(ConnectionLost("now")))
-        self.assertEqual(self.server._graceCalls, {})  # not kept for the dead one
+        self.assertEqual(self.server._inGrace, {})  # not kept for the dead one
         link.drop()
 
     def test_ackTimerNotPerMessage(self) -> None:

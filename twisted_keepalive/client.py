@@ -187,7 +187,9 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
        accepts and drops at once, or a peer lost to a heartbeat timeout,
        meets a growing delay and never a tight loop;
      - a server's CLOSE with a retry-after hint is honoured: no reconnect
-       before the hint; a hint of 0 means "go elsewhere now";
+       before the hint; a hint of 0 means "go elsewhere now", obeyed once
+       in a row (until a connection proves stable) and counted as a
+       failure, so servers that all say it cannot make the client spin;
      - after C{maxRetries} consecutive failed passes the factory stops, says
        so in the log, and fails L{whenConnected} waiters with L{GaveUp}.
 
@@ -308,6 +310,9 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self._pass: list[int] = []
         self._lastIndex = -1
         self._retryAfter: float | None = None
+        # A retry-after of 0 ("go elsewhere now") was obeyed since the last
+        # stable connection: the next one meets the backoff.
+        self._jumped = False
         self._pending: Any = None
 
     # Plumbing
@@ -503,6 +508,7 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
     def _stable(self) -> None:
         self._stableCall = None
         self.failures = 0
+        self._jumped = False
         self.resetDelay()  # type: ignore[no-untyped-call]
 
     def heartbeatConnectionLost(self, protocol: HeartbeatProtocol, reason: Failure) -> None:
@@ -526,8 +532,12 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             "Lost connection to {server}: {reason}", server=self.currentServer, reason=reason.value
         )
         self._pass = []
-        if hint == 0 and self.servers is not None:
-            # "Go elsewhere now": the other servers, at once.
+        if hint == 0 and self.servers is not None and not self._jumped:
+            # "Go elsewhere now": the other servers, at once; but only once
+            # in a row (servers that all say so must not make us spin), and
+            # it counts as a failure.
+            self._jumped = True
+            self.failures += 1
             count = len(self.servers)
             self._pass = [(self._lastIndex + i) % count for i in range(1, count)]
         if self.servers is not None:
@@ -577,7 +587,11 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
                 d.errback(Failure(GaveUp(message)))
             return
         delay = self.delayFor(failures)
-        if hint is not None:
+        if hint == 0:
+            if not self._jumped:  # "now", once in a row
+                self._jumped = True
+                delay = 0.0
+        elif hint is not None:
             delay = hint if failures <= 1 else max(hint, delay)
         self.lastDelay = delay
         self.log.info("Reconnecting in {delay:.2f}s", delay=delay)

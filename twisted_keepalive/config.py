@@ -7,8 +7,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .frames import DEFAULT_MAX_FRAME, MAX_FIELD_BYTES, MIN_MAX_FRAME
+from .frames import (
+    DEFAULT_MAX_FRAME,
+    MAX_FIELD_BYTES,
+    MAX_WIRE_FRAME,
+    MAX_WIRE_SECONDS,
+    MIN_MAX_FRAME,
+)
 from .tcp import TCPKeepalive
+
+#: A server's default floor on the ping interval it lets a client use
+#: (never above its own C{interval}).
+DEFAULT_MIN_INTERVAL = 0.1
+#: A client accepts from a server an interval down to its own divided by
+#: this, and up to its own multiplied by L{MAX_INTERVAL_FACTOR}, unless
+#: C{minInterval} / C{maxInterval} say otherwise.
+MIN_INTERVAL_DIVISOR = 100
+MAX_INTERVAL_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -22,8 +37,20 @@ class HeartbeatConfig:
         the connection aborted.  Must exceed C{interval}; 2 to 3 times
         C{interval} tolerates one or two lost pings.  For a server this is
         the idle-eviction time.
-    @ivar minInterval: server only: the smallest interval a client may use;
-        faster proposals are raised to it.  L{None}: no floor.
+    @ivar minInterval: server: the smallest interval a client may use;
+        faster proposals are raised to it.  L{None}: the smaller of
+        L{DEFAULT_MIN_INTERVAL} and C{interval}.  Client: the shortest
+        interval it accepts from a server (L{None}: C{interval / 100}).
+    @ivar maxInterval: client only: the longest interval it accepts from a
+        server (L{None}: 4 x C{interval}).  An interval outside the
+        client's bounds fails the handshake; within them, a longer one
+        scales the dead-peer timeout in proportion (so at most 4 x
+        C{timeout} by default): no server can make a client deaf.
+    @ivar requirePongs: client only: the peer is alive only while it
+        answers our PINGs.  PINGs go out every C{interval} whatever else
+        flows, and the peer is declared dead C{timeout} after its last
+        PONG (or the handshake), even if other bytes keep arriving.  For a
+        server that may be wedged while its socket still trickles.
     @ivar handshakeTimeout: the HELLO exchange must finish within this.
     @ivar closeTimeout: after sending CLOSE, how long to wait for the
         transport to flush before aborting it.
@@ -47,6 +74,8 @@ class HeartbeatConfig:
     interval: float = 10.0
     timeout: float = 30.0
     minInterval: float | None = None
+    maxInterval: float | None = None
+    requirePongs: bool = False
     handshakeTimeout: float = 10.0
     closeTimeout: float = 5.0
     maxFrame: int = DEFAULT_MAX_FRAME
@@ -63,6 +92,11 @@ class HeartbeatConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+            if value > MAX_WIRE_SECONDS:
+                raise ValueError(
+                    f"{name} must be at most {MAX_WIRE_SECONDS:g} seconds "
+                    f"(a u32 of milliseconds on the wire), not {value!r}"
+                )
         if self.interval < 0.001:
             raise ValueError(f"interval must be at least 0.001 s, not {self.interval!r}")
         if self.timeout <= self.interval:
@@ -73,7 +107,14 @@ class HeartbeatConfig:
             raise ValueError(
                 f"minInterval must be positive and at most interval, not {self.minInterval!r}"
             )
-        if not MIN_MAX_FRAME <= self.maxFrame <= 0xFFFFFFFF:
+        if self.maxInterval is not None and not self.interval <= self.maxInterval <= (
+            MAX_WIRE_SECONDS
+        ):
+            raise ValueError(
+                f"maxInterval must be at least interval and at most {MAX_WIRE_SECONDS:g}, "
+                f"not {self.maxInterval!r}"
+            )
+        if not MIN_MAX_FRAME <= self.maxFrame <= MAX_WIRE_FRAME:
             raise ValueError(f"maxFrame must be between {MIN_MAX_FRAME} and 2**32-1")
         if self.clientId is not None and len(self.clientId.encode("utf-8")) > MAX_FIELD_BYTES:
             raise ValueError("clientId must be at most 255 bytes of UTF-8")
@@ -87,3 +128,21 @@ class HeartbeatConfig:
             raise ValueError(f"maxPendingOutput must be >= 0, not {self.maxPendingOutput!r}")
         if self.token is not None and not 0 < len(self.token) <= MAX_FIELD_BYTES:
             raise ValueError("token must be 1 to 255 bytes")
+
+    @property
+    def serverMinInterval(self) -> float:
+        """The floor a server applies to the intervals clients propose."""
+        if self.minInterval is not None:
+            return self.minInterval
+        return min(DEFAULT_MIN_INTERVAL, self.interval)
+
+    @property
+    def acceptedIntervals(self) -> tuple[float, float]:
+        """The intervals a client accepts from a server, inclusive."""
+        low = self.minInterval
+        if low is None:
+            low = max(0.001, self.interval / MIN_INTERVAL_DIVISOR)
+        high = self.maxInterval
+        if high is None:
+            high = min(self.interval * MAX_INTERVAL_FACTOR, MAX_WIRE_SECONDS)
+        return low, high

@@ -198,6 +198,7 @@ class KeepaliveConnection:
         "_nextPingId",
         "_outbox",
         "_outstanding",
+        "_partialSince",
         "bytesIn",
         "bytesOut",
         "config",
@@ -261,6 +262,9 @@ class KeepaliveConnection:
         self.session: Session | None = None
         self.sessionFor: SessionProvider | None = None
         self._lastPingAt: float | None = None
+        # When the frame now half-received began: trickled bytes of one
+        # frame prove nothing past its start (see receive).
+        self._partialSince = now
 
     @property
     def isClosed(self) -> bool:
@@ -456,8 +460,10 @@ class KeepaliveConnection:
         append = events.append
         isOpen = self.state is _OPEN
         messages = 0
+        decoder = self._decoder
+        before = decoder._size
         try:
-            for ftype, flags, payload in self._decoder.feed(data):
+            for ftype, flags, payload in decoder.feed(data):
                 if ftype == 4 and isOpen:  # DATA, the hot path
                     if flags and flags & DATA_SEQ:
                         message = self._acceptSequenced(flags, payload)
@@ -479,8 +485,17 @@ class KeepaliveConnection:
                     break
                 isOpen = self.state is _OPEN
         except RemoteProtocolError as e:
-            self.close(e.code, str(e), None, now)
+            self.close(e.code, str(e), getattr(e, "retryAfter", None), now)
             append(ProtocolFailed(e))
+        after = decoder._size
+        if after:
+            # Part of a frame is held.  Bytes prove life only as whole
+            # frames: the silence counts from the frame's first byte, so a
+            # peer trickling bytes cannot hold a half-frame past the
+            # timeout.  (No frame completed: it is the same frame as before.)
+            if before == 0 or after < before + len(data):
+                self._partialSince = now
+            self.liveness.lastReceived = self._partialSince
         self.messagesIn += messages
         session = self.session
         if session is not None and session.pendingAcks >= self.config.ackEvery:
@@ -560,6 +575,7 @@ class KeepaliveConnection:
                 f"PONG {pong.id} does not answer the oldest outstanding PING {pingId}"
             )
         del self._outstanding[0]
+        self.liveness.lastPong = now
         rtt = max(0.0, now - sentAt)
         self.rtt.add(rtt)
         self.pongsReceived += 1
@@ -580,9 +596,9 @@ class KeepaliveConnection:
             if cfg.token is not None and not hmac.compare_digest(hello.token or b"", cfg.token):
                 raise RemoteProtocolError("wrong or missing token", CloseCode.AUTH_FAILED)
             version = min(hello.version, PROTOCOL_VERSION)
-            interval = min(hello.interval, cfg.interval)
-            if cfg.minInterval is not None:
-                interval = max(interval, cfg.minInterval)
+            # The client's proposal, within our bounds: a client asking to
+            # ping every millisecond is told the floor, and policed on it.
+            interval = max(min(hello.interval, cfg.interval), cfg.serverMinInterval)
             timeout = cfg.timeout
             # The server answers pings and evicts the silent; it pings only to
             # sample the RTT (rttProbeEvery), never on a timer.
@@ -629,13 +645,23 @@ class KeepaliveConnection:
                 )
             version = hello.version
             interval = hello.interval
+            low, high = cfg.acceptedIntervals
+            if not low <= interval <= high:
+                # A server cannot make us deaf (a huge interval scales our
+                # timeout) nor busy (a tiny one): refuse, back off.
+                raise RemoteProtocolError(
+                    f"server imposes a ping interval of {interval:g}s, outside this "
+                    f"client's bounds [{low:g}s, {high:g}s]"
+                )
             timeout = cfg.timeout
             if interval > cfg.interval:
                 # The server imposed a longer interval: keep the same number
-                # of missed pings before declaring it dead.
+                # of missed pings before declaring it dead (bounded by the
+                # interval's bound: at most 4 x timeout by default).
                 timeout = cfg.timeout * interval / cfg.interval
             self.liveness.interval = interval
             self.liveness.timeout = timeout
+            self.liveness.requirePongs = cfg.requirePongs
             self.peerMaxFrame = hello.maxFrame
             started = self._clientSession(hello, now, events)
         self.version = version
@@ -645,7 +671,7 @@ class KeepaliveConnection:
         self._decoder.maxFrame = cfg.maxFrame
         self.state = State.OPEN
         self.handshakeAt = now
-        self.liveness.lastPing = now
+        self.liveness.lastPing = self.liveness.lastPong = now
         events.append(HandshakeCompleted(hello, version, interval, timeout))
         if started is not None:
             events.append(started)

@@ -87,6 +87,39 @@ class RemoteProtocolError(KeepaliveError):
         self.code = code
 
 
+class Refused(RemoteProtocolError):
+    """
+    The peer did nothing wrong, but this side will not serve it now (a
+    limit: connections, sessions, memory): CLOSE with the code and a
+    retry-after hint.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        retryAfter: float | None,
+        code: CloseCode = CloseCode.TOO_MANY_CONNECTIONS,
+    ) -> None:
+        super().__init__(message, code)
+        self.retryAfter = retryAfter
+
+
+#: Longest piece of peer-supplied text (a CLOSE reason) put in a message
+#: or a log line; the spec allows 1,024 bytes.
+PEER_TEXT_LIMIT = 120
+
+
+def peerText(text: str, limit: int = PEER_TEXT_LIMIT) -> str:
+    """
+    Text a peer chose, made safe for one log line: printable (repr-escaped)
+    and at most C{limit} characters, with a mark where it was cut.
+    """
+    shown = repr(text)[1:-1]
+    if len(shown) > limit:
+        return shown[:limit] + f"...({len(text)} chars)"
+    return shown
+
+
 class HeartbeatTimeout(_Plain, error.ConnectionAborted):
     """
     The peer was silent for longer than the timeout; the connection was aborted.
@@ -135,7 +168,7 @@ class PeerClosed(_Plain, error.ConnectionDone):
 
     def __init__(self, code: int, reason: str, retryAfter: float | None) -> None:
         hint = "" if retryAfter is None else f", retry after {retryAfter:g}s"
-        super().__init__(f"closed by peer: {CloseCode.describe(code)} {reason!r}{hint}")
+        super().__init__(f"closed by peer: {CloseCode.describe(code)} '{peerText(reason)}'{hint}")
         self.code = code
         self.reason = reason
         self.retryAfter = retryAfter

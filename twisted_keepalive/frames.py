@@ -43,8 +43,17 @@ NO_RETRY_HINT = 0xFFFFFFFF
 MAX_REASON_BYTES = 1024
 #: Longest client id or token, in bytes.
 MAX_FIELD_BYTES = 255
+#: Longest time a HELLO can carry (u32 milliseconds): about 49.7 days.
+MAX_WIRE_SECONDS = 0xFFFFFFFF / 1000
+#: Largest C{max_frame} (u32).
+MAX_WIRE_FRAME = 0xFFFFFFFF
 
 _HEADER = struct.Struct(">IBB")
+_LENGTH = struct.Struct(">I")
+#: Reads kept apart before they are gathered into one buffer (see feed).
+_MAX_CHUNKS = 16
+#: ...when they average less than this many bytes.
+_SMALL_CHUNK = 1024
 HEADER_SIZE = _HEADER.size  # 6
 _HELLO_FIXED = struct.Struct(">BIII")
 _PING = struct.Struct(">IQ")
@@ -351,7 +360,7 @@ class FrameDecoder:
     __slots__ = ("_chunks", "_need", "_size", "maxFrame")
 
     def __init__(self, maxFrame: int = DEFAULT_MAX_FRAME) -> None:
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | bytearray] = []
         self._size = 0
         # Bytes needed before anything can be decoded: a header, or the rest
         # of a frame whose header was read.  Chunks are only joined once this
@@ -366,6 +375,17 @@ class FrameDecoder:
         """
         return self._size
 
+    def _checkLength(self) -> None:
+        head = self._chunks[0] if len(self._chunks[0]) >= 4 else b"".join(self._chunks)
+        length = _LENGTH.unpack_from(head)[0]
+        if length < 2:
+            raise RemoteProtocolError(f"bad frame length {length} (minimum is 2)")
+        if length > self.maxFrame:
+            raise RemoteProtocolError(
+                f"frame of {length} bytes exceeds the limit of {self.maxFrame}",
+                CloseCode.FRAME_TOO_LARGE,
+            )
+
     def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes]]:
         """
         Add C{data} and yield each complete frame as C{(type, flags, payload)}.
@@ -379,7 +399,21 @@ class FrameDecoder:
         self._size += len(data)
         if self._size < self._need:
             if data:
-                self._chunks.append(data)
+                chunks = self._chunks
+                chunks.append(data)
+                if len(chunks) > _MAX_CHUNKS and self._size < len(chunks) * _SMALL_CHUNK:
+                    # A peer trickling bytes one at a time: each read is an
+                    # object of its own (33 bytes for one byte of data), so
+                    # small reads are gathered into one growing buffer, and
+                    # what is held stays close to what was sent.  Large
+                    # reads (a big frame arriving) are left alone: one copy.
+                    first = chunks[0]
+                    gathered = first if type(first) is bytearray else bytearray(first)
+                    for chunk in chunks[1:]:
+                        gathered += chunk
+                    self._chunks = [gathered]
+                if self._need == HEADER_SIZE and self._size >= 4:
+                    self._checkLength()
             return
         if self._chunks:
             self._chunks.append(data)
@@ -409,6 +443,12 @@ class FrameDecoder:
                 yield ftype, flags, payload
             else:
                 need = HEADER_SIZE
+                if end - offset >= 4 and _LENGTH.unpack_from(buf, offset)[0] < 2:
+                    # A complete frame of length 0 or 1: no need to wait for
+                    # a type byte that is not part of it.
+                    raise RemoteProtocolError(
+                        f"bad frame length {_LENGTH.unpack_from(buf, offset)[0]} (minimum is 2)"
+                    )
         finally:
             rest = buf[offset:] if offset else buf
             self._chunks = [rest] if rest else []

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .budget import MemoryBudget
 from .config import HeartbeatConfig
 from .connection import (
     CloseReceived,
@@ -43,9 +44,11 @@ from .errors import (
     LocalProtocolError,
     PeerClosed,
     ProtocolViolation,
+    Refused,
     RemoteProtocolError,
 )
 from .liveness import Verdict
+from .logflood import PeerLogLimiter
 from .rtt import RTTEstimator
 from .session import Session
 from .sweep import IdleSweeper
@@ -187,6 +190,10 @@ class HeartbeatProtocol(Protocol):
         self._ackCall: IDelayedCall | None = None
         self._reason: Exception | None = None
         self.peer = "unknown peer"
+        self.peerHost = "unknown"
+        self._logLimiter: PeerLogLimiter | None = None
+        self._budget: MemoryBudget | None = None
+        self._charged = 0
         self.outputPaused = False
         self._pendingWhilePaused = 0
         self._producer: IPushProducer | None = None
@@ -223,6 +230,11 @@ class HeartbeatProtocol(Protocol):
         config = self.config
         clock = self.clock
         self.peer = describePeer(self.transport)
+        self.peerHost = self.peer.rpartition(":")[0] or self.peer
+        # A server's: limits the log lines peers can cause, and the memory
+        # all its clients can hold together.
+        self._logLimiter = getattr(self.factory, "peerLog", None)
+        self._budget = getattr(self.factory, "memoryBudget", None)
         self._plainTCP = plainTCP(self.transport)
         self._pingHook = getattr(self.factory, "heartbeatPingReceived", None)
         self._now = clock.seconds  # bound once: called per read and per write
@@ -292,14 +304,19 @@ class HeartbeatProtocol(Protocol):
                 else:
                     self._dispatch(event)
             except Exception:
-                self.log.failure(
-                    "Application error handling input from {peer}; closing", peer=self.peer
-                )
+                # The application's bug, so a traceback; but peers can
+                # trigger it at will, so limited like any peer-caused line.
+                limiter = self._logLimiter
+                if limiter is None or limiter.allow("app-error", self.peerHost) is not None:
+                    self.log.failure(
+                        "Application error handling input from {peer}; closing", peer=self.peer
+                    )
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelTimers()
+        self._releaseOutput()
         if self.core is not None:
             self.core.state = State.CLOSED
             if self._elastic and self.core.session is not None:
@@ -523,11 +540,25 @@ class HeartbeatProtocol(Protocol):
 
     def _write(self, data: bytes) -> None:
         if self.outputPaused:
-            self._pendingWhilePaused += len(data)
+            size = len(data)
+            self._pendingWhilePaused += size
+            budget = self._budget
+            if budget is not None:
+                if not budget.admit(self, size):
+                    self._slowConsumer(budget.limit)
+                    return
+                budget.used += size
+                self._charged += size
             if self._pendingWhilePaused > self._maxPending:
                 self._slowConsumer()
                 return
         self.transport.write(data)  # type: ignore[union-attr]
+
+    def _releaseOutput(self) -> None:
+        if self._charged:
+            assert self._budget is not None
+            self._budget.release(self._charged)
+            self._charged = 0
 
     # IPushProducer: the transport tells us when its buffer is full, and we
     # pass it on to the application's producer, if it registered one.
@@ -542,6 +573,7 @@ class HeartbeatProtocol(Protocol):
     def resumeProducing(self) -> None:
         self.outputPaused = False
         self._pendingWhilePaused = 0
+        self._releaseOutput()  # the transport has written it all
         if self._producer is not None:
             self._updateProducer()
 
@@ -637,22 +669,39 @@ class HeartbeatProtocol(Protocol):
         if core.state is _CLOSED:
             return
         core.liveness.timeout = self._savedTimeout
-        core.liveness.lastReceived = self._now()
+        core.liveness.lastReceived = core.liveness.lastPong = self._now()
         if self._sweeper is not None:
             self._sweeper.add(self, core.liveness, self._declareDead)
         if self._timer is not None and self._timer.active:
             self._timer.start()
         self.transport.resumeProducing()  # type: ignore[union-attr]
 
-    def _slowConsumer(self) -> None:
-        limit = self.config.maxPendingOutput
-        self.log.warn(
-            "{peer} is not reading: over {limit} bytes pending; dropping it",
-            peer=self.peer,
-            limit=limit,
-        )
+    def _slowConsumer(self, budget: int | None = None) -> None:
+        if budget is None:
+            limit = self.config.maxPendingOutput
+            why = f"over {limit} bytes unread"
+        else:
+            why = f"not reading while the server's memory budget ({budget} bytes) is spent"
+        self.peerLog("slow-consumer", "warn", "{peer} is {why}; dropping it", why=why)
         # It is not reading, so a CLOSE would not reach it: abort.
-        self.abort(ClosedLocally(CloseCode.SLOW_CONSUMER, f"over {limit} bytes unread"))
+        self.abort(ClosedLocally(CloseCode.SLOW_CONSUMER, why))
+
+    def peerLog(self, kind: str, level: str, format: str, **fields: Any) -> None:
+        """
+        Log a line about something the peer did or caused, with C{peer} in
+        the fields.  On a server (a factory with a C{peerLog} limiter) at
+        most one line per peer host and C{kind} per period gets through;
+        the next one says how many were suppressed.
+        """
+        limiter = self._logLimiter
+        if limiter is not None:
+            suppressed = limiter.allow(kind, self.peerHost)
+            if suppressed is None:
+                return
+            if suppressed:
+                format += " ({suppressed} more like this from {host} not logged)"
+                fields.update(suppressed=suppressed, host=self.peerHost)
+        getattr(self.log, level)(format, peer=self.peer, **fields)
 
     def _sendAck(self) -> None:
         self._ackCall = None
@@ -673,9 +722,10 @@ class HeartbeatProtocol(Protocol):
             self._peerClosed(event)
         elif isinstance(event, SessionStarted):
             if event.resumed:
-                self.log.info(
+                self.peerLog(
+                    "resumed",
+                    "info",
                     "Session resumed with {peer}: {replayed} messages sent again",
-                    peer=self.peer,
                     replayed=event.replayed,
                 )
             self.sessionStarted(event.session, event.resumed)
@@ -687,13 +737,14 @@ class HeartbeatProtocol(Protocol):
             if notify is not None:
                 notify(self, event)  # the factory reports it (its queue held it)
             else:
-                self.log.warn(
-                    "Message not sent to {peer}: {reason}", peer=self.peer, reason=event.reason
+                self.peerLog(
+                    "refused", "warn", "Message not sent to {peer}: {reason}", reason=event.reason
                 )
         elif isinstance(event, SessionLost):
-            self.log.warn(
+            self.peerLog(
+                "session-lost",
+                "warn",
                 "Session lost with {peer} ({reason}): {count} messages may not have arrived",
-                peer=self.peer,
                 reason=event.reason,
                 count=len(event.undelivered),
             )
@@ -759,15 +810,24 @@ class HeartbeatProtocol(Protocol):
 
     def _peerClosed(self, event: CloseReceived) -> None:
         self._reason = PeerClosed(event.code, event.reason, event.retryAfter)
-        self.log.info("{peer} closed the connection: {reason}", peer=self.peer, reason=self._reason)
+        self.peerLog(
+            "closed", "info", "{peer} closed the connection: {reason}", reason=self._reason
+        )
         self._disconnect()
 
     def _protocolError(self, error: RemoteProtocolError) -> None:
         assert self.core is not None
-        self.log.warn(
-            "Protocol error from {peer}: {reason}; closing", peer=self.peer, reason=str(error)
-        )
-        self._reason = ProtocolViolation(error.code, str(error))
+        if isinstance(error, Refused):
+            self.peerLog("refused", "warn", "Refusing {peer}: {reason}", reason=str(error))
+            self._reason = ClosedLocally(error.code, str(error))
+        else:
+            self.peerLog(
+                "protocol-error",
+                "warn",
+                "Protocol error from {peer}: {reason}; closing",
+                reason=str(error),
+            )
+            self._reason = ProtocolViolation(error.code, str(error))
         self._disconnect()
 
     def _disconnect(self) -> None:
@@ -793,9 +853,10 @@ class HeartbeatProtocol(Protocol):
 
     def _handshakeExpired(self) -> None:
         self._handshakeCall = None
-        self.log.warn(
+        self.peerLog(
+            "handshake-timeout",
+            "warn",
             "No handshake from {peer} within {timeout}s; aborting",
-            peer=self.peer,
             timeout=self.config.handshakeTimeout,
         )
         self.abort(HandshakeTimeout(self.config.handshakeTimeout))
@@ -818,9 +879,12 @@ class HeartbeatProtocol(Protocol):
         silence = self.core.liveness.silence(now)
         timeout = self.core.liveness.timeout
         assert timeout is not None
-        self.log.warn(
-            "No data from {peer} for {silence:.3f}s (timeout {timeout}s); aborting",
-            peer=self.peer,
+        what = "PONG" if self.core.liveness.requirePongs else "data"
+        self.peerLog(
+            "dead",
+            "warn",
+            "No {what} from {peer} for {silence:.3f}s (timeout {timeout}s); aborting",
+            what=what,
             silence=silence,
             timeout=timeout,
         )

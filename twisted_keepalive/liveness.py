@@ -38,9 +38,21 @@ class Liveness:
     @ivar timeout: seconds, or L{None} to never declare the peer dead.
     @ivar probeSilence: whether inbound silence alone makes a ping due; off
         for a one-way heartbeat to a peer that never answers.
+    @ivar requirePongs: only PONGs prove the peer alive: a PING every
+        C{interval} whatever else flows, and the peer is dead C{timeout}
+        after C{lastPong} (the shell sets it as PONGs arrive).
     """
 
-    __slots__ = ("interval", "lastPing", "lastReceived", "lastSent", "probeSilence", "timeout")
+    __slots__ = (
+        "interval",
+        "lastPing",
+        "lastPong",
+        "lastReceived",
+        "lastSent",
+        "probeSilence",
+        "requirePongs",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -55,20 +67,26 @@ class Liveness:
         self.lastReceived = now
         self.lastSent = now
         self.lastPing = now
+        self.lastPong = now
+        self.requirePongs = False
 
     def silence(self, now: float) -> float:
-        return now - self.lastReceived
+        return now - (self.lastPong if self.requirePongs else self.lastReceived)
 
     def _pingDue(self) -> float | None:
         if self.interval is None:
             return None
+        if self.requirePongs:
+            return self.lastPing + self.interval
         if not self.probeSilence:
             return self.lastSent + self.interval
         heard = self.lastReceived if self.lastReceived > self.lastPing else self.lastPing
         return min(self.lastSent, heard) + self.interval
 
     def _deadAt(self) -> float | None:
-        return None if self.timeout is None else self.lastReceived + self.timeout
+        if self.timeout is None:
+            return None
+        return (self.lastPong if self.requirePongs else self.lastReceived) + self.timeout
 
     def check(self, now: float) -> Verdict:
         """

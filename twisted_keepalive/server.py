@@ -5,9 +5,12 @@ pushes to them, refuses abuse, and shuts down gracefully.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import random as _random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -17,6 +20,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .budget import MESSAGE_COST, MemoryBudget
 from .config import HeartbeatConfig
 from .errors import (
     CloseCode,
@@ -26,10 +30,12 @@ from .errors import (
     LocalProtocolError,
     PeerClosed,
     ProtocolViolation,
+    Refused,
     RemoteProtocolError,
 )
 from .frames import Hello
 from .heartbeat import HeartbeatProtocol, describePeer, maybeGlobalReactor
+from .logflood import PeerLogLimiter
 from .session import Overflow, QueueFull, Session
 from .sweep import IdleSweeper
 
@@ -41,6 +47,7 @@ class DisconnectReason(Enum):
 
     EVICTED = "evicted"  # silent past the idle timeout
     HANDSHAKE_TIMEOUT = "handshake-timeout"
+    CROWDED = "crowded-out"  # still handshaking when its slot was needed
     CLOSED_BY_PEER = "closed-by-peer"
     AUTH = "auth"
     LIMIT = "limit"  # refused: too many connections
@@ -71,12 +78,38 @@ class DisconnectReason(Enum):
 
 
 _REPLACED = "replaced by a newer connection with the same client id"
+_CROWDED = "handshake slot given to a newer connection"
 _BY_CODE: dict[int, DisconnectReason] = {
+    CloseCode.HANDSHAKE_TIMEOUT: DisconnectReason.CROWDED,
     CloseCode.TOO_MANY_CONNECTIONS: DisconnectReason.LIMIT,
     CloseCode.TOO_MANY_PINGS: DisconnectReason.TOO_MANY_PINGS,
     CloseCode.SLOW_CONSUMER: DisconnectReason.SLOW_CONSUMER,
     CloseCode.GOING_AWAY: DisconnectReason.SHUTDOWN,
 }
+
+
+def shortId(sessionId: bytes) -> str:
+    """
+    A session id as logs show it: its first 4 bytes.  The whole id is a
+    bearer credential for its owner's resume; it is never logged.
+    """
+    return sessionId[:4].hex() + "..."
+
+
+@dataclass(eq=False)
+class _Kept:
+    """
+    A session the server keeps: for its live connection, or for its
+    client's resume within the grace period.
+
+    @ivar identity: digest of who may resume it (client id, token, TLS
+        peer certificate).
+    """
+
+    session: Session
+    identity: bytes
+    owner: HeartbeatProtocol | None
+    graceCall: IDelayedCall | None = field(default=None)
 
 
 @dataclass(frozen=True)
@@ -124,12 +157,31 @@ class KeepaliveServerFactory(ServerFactory):
         may use, C{timeout} the idle eviction time, C{token} the shared
         secret required in HELLO, C{maxFrame} and C{handshakeTimeout} as
         named.
-    @ivar maxConnections: connections beyond this get CLOSE
-        TOO_MANY_CONNECTIONS with a retry-after hint of C{fullRetryAfter}
-        seconds spread by up to 100 %.
+    @ivar maxConnections: clients (handshake completed) beyond this get
+        CLOSE TOO_MANY_CONNECTIONS with a retry-after hint of
+        C{fullRetryAfter} seconds spread by up to 100 %.
+    @ivar maxHandshaking: connections still in their handshake have their
+        own pool, so that sockets that never speak cannot keep clients out
+        (slowloris): when it is full, a new connection takes the slot of
+        the oldest one, which is dropped.  A real client sends its HELLO at
+        once and needs its slot for one round trip.
     @ivar pingTolerance: a PING arriving sooner than C{pingTolerance x
-        interval} after the previous one is a strike; after C{maxPingStrikes}
-        strikes the client is closed with TOO_MANY_PINGS (gRPC's rule).
+        interval} (the negotiated interval) after the previous one is a
+        strike and a PING on time takes one away (strikes decay, as gRPC's
+        reset): after more than C{maxPingStrikes} the client is closed with
+        TOO_MANY_PINGS.  Occasional bunched PINGs never close a client;
+        one that pings too often always is.
+    @ivar maxSessions: sessions kept at most (live or in their grace).
+    @ivar memoryBudget: the L{MemoryBudget} shared by every session's
+        retransmit buffer and every connection's unread output.  At its
+        limit the server forgets sessions in their grace period, oldest
+        first (each counted in C{sessionsEvicted} and reported to
+        L{sessionExpired}), then refuses to store more for the client that
+        holds the most (its push fails; it is closed as a slow consumer),
+        and drops a connection that is not reading rather than buffer for
+        it.  A new session at a limit is refused (CLOSE
+        TOO_MANY_CONNECTIONS with a retry-after hint).
+    @ivar peerLog: the L{PeerLogLimiter} for log lines peers cause.
     @ivar evictions: clients dropped for silence since start.
     @ivar counts: disconnects by L{DisconnectReason}.
     """
@@ -150,11 +202,19 @@ class KeepaliveServerFactory(ServerFactory):
         sessionBuffer: int = 10_000,
         sessionBytes: int = 16 << 20,
         sessionOverflow: Overflow = Overflow.RAISE,
+        maxHandshaking: int = 256,
+        maxSessions: int = 10_000,
+        memoryBudget: int = 256 << 20,
+        logPeriod: float = 10.0,
         clock: IReactorTime | None = None,
         random: Callable[[], float] = _random.random,
     ) -> None:
         if maxConnections is not None and maxConnections < 0:
             raise ValueError(f"maxConnections must be >= 0, not {maxConnections!r}")
+        if maxHandshaking < 1:
+            raise ValueError(f"maxHandshaking must be >= 1, not {maxHandshaking!r}")
+        if maxSessions < 1:
+            raise ValueError(f"maxSessions must be >= 1, not {maxSessions!r}")
         if not 0 <= pingTolerance <= 1:
             raise ValueError(f"pingTolerance must be between 0 and 1, not {pingTolerance!r}")
         self.heartbeatConfig = heartbeatConfig or HeartbeatConfig()
@@ -179,13 +239,29 @@ class KeepaliveServerFactory(ServerFactory):
         self.sessionBuffer = sessionBuffer
         self.sessionBytes = sessionBytes
         self.sessionOverflow = sessionOverflow
-        #: Sessions by id: attached to a connection, or within their grace
-        #: period after it was lost.
-        self.sessions: dict[bytes, Session] = {}
-        self._sessionOwner: dict[bytes, HeartbeatProtocol] = {}
-        self._graceCalls: dict[bytes, IDelayedCall] = {}
+        self.maxHandshaking = maxHandshaking
+        self.maxSessions = maxSessions
+        self.memoryBudget = MemoryBudget(memoryBudget, self._makeRoom)
+        self.peerLog: PeerLogLimiter | None = None  # made with the clock, on first use
+        self.logPeriod = logPeriod
+        # Connections in their handshake, oldest first (dicts keep order).
+        self._handshaking: dict[HeartbeatProtocol, None] = {}
+        self.crowdedOut = 0
+        # Sessions kept, by a keyed digest of their id: a lookup's timing
+        # tells nothing about ids (PYTHONHASHSEED or not); the id itself is
+        # then compared in constant time.
+        self._sessionKey = os.urandom(16)
+        self._kept: dict[bytes, _Kept] = {}
+        # Keys of the sessions in their grace period, oldest first.
+        self._inGrace: dict[bytes, None] = {}
         self.sessionsExpired = 0
         self.sessionsResumed = 0
+        #: Sessions forgotten before their grace ran out, at a limit.
+        self.sessionsEvicted = 0
+        #: Resumes refused: another client's session, or a bad acknowledgement.
+        self.resumesRefused = 0
+        #: New sessions refused at a limit (maxSessions, memoryBudget).
+        self.sessionsRefused = 0
         #: Pushes (send, broadcast) a recipient could not take: closed as a
         #: slow consumer (its session buffer full) or skipped (too large).
         self.slowConsumers = 0
@@ -224,28 +300,62 @@ class KeepaliveServerFactory(ServerFactory):
 
     # Connection lifecycle
 
+    @property
+    def established(self) -> int:
+        """Connections past their handshake (what C{maxConnections} bounds)."""
+        return len(self.connections) - len(self._handshaking)
+
+    def _full(self) -> bool:
+        return self.maxConnections is not None and self.established >= self.maxConnections
+
     def buildProtocol(self, addr: Any) -> HeartbeatProtocol:
+        if self.peerLog is None:
+            self.peerLog = PeerLogLimiter(self._clock, self.logPeriod)
         p = self.protocol()
         p.factory = self
-        full = self.maxConnections is not None and len(self.connections) >= self.maxConnections
-        if self._shutdown is not None or full:
+        if self._shutdown is not None or self._full():
             self._refused.add(p)
-        else:
-            self.connections.add(p)
+            return p
+        self.connections.add(p)
+        handshaking = self._handshaking
+        handshaking[p] = None
+        if len(handshaking) > self.maxHandshaking:
+            # The oldest one has had the longest to speak: it gives way.
+            oldest = next(iter(handshaking))
+            del handshaking[oldest]
+            self.crowdedOut += 1
+            if oldest.transport is not None:
+                oldest.abort(ClosedLocally(CloseCode.HANDSHAKE_TIMEOUT, _CROWDED))
         return p
+
+    def _retryHint(self) -> float:
+        return self.fullRetryAfter * (1 + self.random())
 
     def heartbeatConnectionMade(self, protocol: HeartbeatProtocol) -> None:
         if protocol in self._refused:
-            retryAfter = self.fullRetryAfter * (1 + self.random())
-            self.log.warn(
-                "Refusing {peer}: {count} connections is the limit",
-                peer=protocol.peer,
-                count=self.maxConnections,
+            why = "shutting down" if self._shutdown is not None else "server full"
+            protocol.peerLog(
+                "refused",
+                "warn",
+                "Refusing {peer}: {why} ({count} clients)",
+                why=why,
+                count=self.established,
             )
-            protocol.close(CloseCode.TOO_MANY_CONNECTIONS, "server full", retryAfter)
+            code = (
+                CloseCode.GOING_AWAY
+                if self._shutdown is not None
+                else (CloseCode.TOO_MANY_CONNECTIONS)
+            )
+            protocol.close(code, why, self._retryHint())
 
     def heartbeatConnectionReady(self, protocol: HeartbeatProtocol) -> None:
         assert protocol.core is not None and protocol.core.peerHello is not None
+        self._handshaking.pop(protocol, None)
+        if self.maxConnections is not None and self.established > self.maxConnections:
+            # Admitted while handshaking; the clients that finished first
+            # took the places.
+            protocol.close(CloseCode.TOO_MANY_CONNECTIONS, "server full", self._retryHint())
+            return
         clientId = protocol.core.peerHello.clientId
         if clientId is not None:
             previous = self.byClientId.get(clientId)
@@ -259,93 +369,216 @@ class KeepaliveServerFactory(ServerFactory):
         if core is None or core.pingGap is None or core.interval is None:
             return
         gap, interval = core.pingGap, core.interval
+        strikes = self._strikes
         if gap >= self.pingTolerance * interval:
-            return  # the common case: nothing stored per ping
-        strikes = self._strikes[protocol] = self._strikes.get(protocol, 0) + 1
-        if strikes > self.maxPingStrikes:
-            protocol.close(CloseCode.TOO_MANY_PINGS, "pinging faster than the interval")
-        else:
-            self.log.warn(
-                "{peer} pings too often ({gap:.3f}s apart, interval {interval}s): strike {strikes}",
-                peer=protocol.peer,
+            # The common case: nothing stored per ping.  A ping on time
+            # takes a strike away (gRPC resets them as data flows).
+            if strikes and protocol in strikes:
+                if strikes[protocol] <= 1:
+                    del strikes[protocol]
+                else:
+                    strikes[protocol] -= 1
+            return
+        count = strikes[protocol] = strikes.get(protocol, 0) + 1
+        if count > self.maxPingStrikes:
+            protocol.peerLog(
+                "too-many-pings",
+                "warn",
+                "{peer} pings too often ({gap:.3f}s apart, interval {interval}s); closing",
                 gap=gap,
                 interval=interval,
-                strikes=strikes,
             )
+            protocol.close(CloseCode.TOO_MANY_PINGS, "pinging faster than the interval")
 
     # Sessions (protocol version 2, clients that ask for them)
+
+    @property
+    def sessions(self) -> dict[bytes, Session]:
+        """
+        The sessions kept (attached to a connection, or within their grace
+        period), by id: a snapshot.
+        """
+        return {kept.session.id: kept.session for kept in self._kept.values()}
+
+    def sessionOwner(self, sessionId: bytes) -> HeartbeatProtocol | None:
+        """The live connection a kept session is attached to, if any."""
+        kept = self._findKept(sessionId)
+        return None if kept is None else kept.owner
+
+    def _keyOf(self, sessionId: bytes) -> bytes:
+        return hashlib.blake2b(sessionId, key=self._sessionKey, digest_size=16).digest()
+
+    def _findKept(self, sessionId: bytes) -> _Kept | None:
+        kept = self._kept.get(self._keyOf(sessionId))
+        if kept is None or not hmac.compare_digest(kept.session.id, sessionId):
+            return None
+        return kept
+
+    def identityOf(self, protocol: HeartbeatProtocol, hello: Hello) -> bytes:
+        """
+        Who a client is, for its sessions: its client id, its token, and its
+        TLS certificate when it shows one.  Only the same identity resumes a
+        session.  Override to bind sessions to something else (an account
+        your token check found).
+        """
+        digest = hashlib.blake2b(digest_size=32)
+        for part in (
+            (hello.clientId or "").encode("utf-8"),
+            hello.token or b"",
+            _peerCertificate(protocol),
+        ):
+            digest.update(len(part).to_bytes(4, "big") + part)
+        return digest.digest()
 
     def heartbeatSessionFor(
         self, protocol: HeartbeatProtocol, hello: Hello
     ) -> tuple[Session, bool] | None:
         """
         The session for a client's HELLO: the one it names if we still keep
-        it (taken over from an older connection that has not died yet),
-        else a new one; L{None} if sessions are off (C{sessionGrace=None}).
+        it and the client is its owner (taken over from an older connection
+        that has not died yet), else a new one; L{None} if sessions are off
+        (C{sessionGrace=None}).
 
         @raise RemoteProtocolError: the HELLO cannot resume the session it
-            names; nothing was changed (the live owner keeps it).
+            names (another client's, or an acknowledgement of messages
+            never sent); nothing was changed (the live owner keeps it).
+        @raise Refused: a new session at C{maxSessions} or the memory
+            budget, with no session in its grace period to forget.
         """
         if self.sessionGrace is None:
             return None
         requested = hello.session
         assert requested is not None and hello.received is not None
-        session = self.sessions.get(requested)
-        if session is not None:
+        identity = self.identityOf(protocol, hello)
+        key = self._keyOf(requested)
+        kept = self._kept.get(key)
+        if kept is not None and hmac.compare_digest(kept.session.id, requested):
+            session = kept.session
+            if not hmac.compare_digest(kept.identity, identity):
+                self.resumesRefused += 1
+                raise RemoteProtocolError(
+                    f"session {shortId(requested)} belongs to another client",
+                    CloseCode.AUTH_FAILED,
+                )
             if hello.received > session.sent:
+                self.resumesRefused += 1
                 raise RemoteProtocolError(
                     f"resume acknowledges message {hello.received}, "
                     f"but only {session.sent} were sent in that session"
                 )
-            call = self._graceCalls.pop(requested, None)
-            if call is not None and call.active():
-                call.cancel()
-            old = self._sessionOwner.get(requested)
+            self._inGrace.pop(key, None)
+            if kept.graceCall is not None and kept.graceCall.active():
+                kept.graceCall.cancel()
+            kept.graceCall = None
+            old = kept.owner
             if old is not None and old is not protocol and old.core is not None:
                 old.core.session = None  # nothing more reaches the session through it
                 old.abort(ClosedLocally(CloseCode.NORMAL, "session resumed on a new connection"))
-            self._sessionOwner[requested] = protocol
+            kept.owner = protocol
             self.sessionsResumed += 1
             return session, True
+        # A new session, under the id the client chose.
+        budget = self.memoryBudget
+        while len(self._kept) >= self.maxSessions or budget.used >= budget.limit:
+            if not self._evictOldest():
+                self.sessionsRefused += 1
+                raise Refused(
+                    f"no room for another session ({len(self._kept)} kept, "
+                    f"{budget.used} of {budget.limit} bytes held)",
+                    self._retryHint(),
+                )
         session = Session(
             requested,
             maxMessages=self.sessionBuffer,
             maxBytes=self.sessionBytes,
             overflow=self.sessionOverflow,
         )
-        self.sessions[session.id] = session
-        self._sessionOwner[session.id] = protocol
+        session.budget = budget
+        self._kept[key] = _Kept(session, identity, protocol)
         return session, False
+
+    def _makeRoom(self, holder: Any, size: int) -> bool:
+        """
+        The memory budget is spent: forget sessions in their grace period,
+        oldest first, until C{size} fits.  If it still does not, let a
+        client holding less than an even share through (a healthy client
+        acknowledges and holds next to nothing: it must not pay for the
+        ones that do not), and refuse the others.
+        """
+        budget = self.memoryBudget
+        while budget.used + size > budget.limit:
+            if not self._evictOldest():
+                break
+        else:
+            return True
+        if isinstance(holder, Session):
+            held = holder.unackedBytes + len(holder) * MESSAGE_COST
+            holders = max(1, len(self._kept))
+        else:
+            held = getattr(holder, "_charged", 0)
+            holders = max(1, len(self.connections))
+        return held + size <= budget.limit // holders
+
+    def _evictOldest(self) -> bool:
+        """
+        Forget the session longest in its grace period; L{False} if none is.
+        """
+        if not self._inGrace:
+            return False
+        key = next(iter(self._inGrace))
+        self._forget(key, evicted=True)
+        return True
 
     def _keepSession(self, protocol: HeartbeatProtocol) -> None:
         session = protocol.core.session if protocol.core is not None else None
-        if session is None or self._sessionOwner.get(session.id) is not protocol:
-            return
-        del self._sessionOwner[session.id]
-        assert self.sessionGrace is not None
-        self._graceCalls[session.id] = self._clock.callLater(
-            self.sessionGrace, self._expireSession, session.id
-        )
-
-    def _expireSession(self, sessionId: bytes) -> None:
-        self._graceCalls.pop(sessionId, None)
-        session = self.sessions.pop(sessionId, None)
         if session is None:
             return
-        self.sessionsExpired += 1
-        self.log.warn(
-            "Session {session} expired after {grace}s: {count} messages to it undelivered",
-            session=sessionId.hex(),
-            grace=self.sessionGrace,
-            count=len(session),
-        )
+        key = self._keyOf(session.id)
+        kept = self._kept.get(key)
+        if kept is None or kept.owner is not protocol:
+            return
+        kept.owner = None
+        assert self.sessionGrace is not None
+        self._inGrace[key] = None
+        kept.graceCall = self._clock.callLater(self.sessionGrace, self._forget, key)
+
+    def _forget(self, key: bytes, evicted: bool = False) -> None:
+        """
+        A session in its grace period ends: it expired, or a limit needed
+        its memory.  Its undelivered messages are reported.
+        """
+        self._inGrace.pop(key, None)
+        kept = self._kept.pop(key, None)
+        if kept is None:
+            return
+        if kept.graceCall is not None and kept.graceCall.active():
+            kept.graceCall.cancel()
+        session = kept.session
+        session.releaseBudget()
+        if evicted:
+            self.sessionsEvicted += 1
+            what = "forgotten early (a server limit)"
+        else:
+            self.sessionsExpired += 1
+            what = f"expired after {self.sessionGrace}s"
+        limiter = self.peerLog
+        suppressed = None if limiter is None else limiter.allow("session-end", "*")
+        if limiter is None or suppressed is not None:
+            self.log.warn(
+                "Session {session} {what}: {count} messages to it undelivered{more}",
+                session=shortId(session.id),
+                what=what,
+                count=len(session),
+                more=f" ({suppressed} more sessions ended, not logged)" if suppressed else "",
+            )
         self.sessionExpired(session)
 
     def sessionExpired(self, session: Session) -> None:
         """
         Override: a disconnected client did not come back within
-        C{sessionGrace}; the C{len(session)} messages to it that it had not
-        acknowledged are dropped.  Already logged.
+        C{sessionGrace}, or a limit forgot its session sooner
+        (C{memoryBudget}, C{maxSessions}); the C{len(session)} messages to
+        it that it had not acknowledged are dropped.  Already logged.
         """
 
     def forgetSessions(self) -> None:
@@ -353,15 +586,17 @@ class KeepaliveServerFactory(ServerFactory):
         Drop every session kept for a disconnected client, now (no
         C{sessionExpired} calls): on shutdown, or to free memory.
         """
-        for call in self._graceCalls.values():
-            if call.active():
-                call.cancel()
-        for sessionId in self._graceCalls:
-            self.sessions.pop(sessionId, None)
-        self._graceCalls.clear()
+        for key in list(self._inGrace):
+            kept = self._kept.pop(key, None)
+            if kept is not None:
+                if kept.graceCall is not None and kept.graceCall.active():
+                    kept.graceCall.cancel()
+                kept.session.releaseBudget()
+        self._inGrace.clear()
 
     def heartbeatConnectionLost(self, protocol: HeartbeatProtocol, reason: Failure) -> None:
         self._strikes.pop(protocol, None)
+        self._handshaking.pop(protocol, None)
         self._keepSession(protocol)
         if protocol in self._refused:
             self._refused.discard(protocol)
@@ -421,8 +656,11 @@ class KeepaliveServerFactory(ServerFactory):
             protocol.sendMessage(message)
         except QueueFull as e:
             self.slowConsumers += 1
-            self.log.warn(
-                "{peer} does not acknowledge ({error}); closing it", peer=protocol.peer, error=e
+            protocol.peerLog(
+                "slow-consumer",
+                "warn",
+                "{peer} does not acknowledge ({error}); closing it",
+                error=e,
             )
             protocol.close(CloseCode.SLOW_CONSUMER, "not acknowledging")
             return False
@@ -509,3 +747,24 @@ class KeepaliveServerFactory(ServerFactory):
         self._shutdownCall = None
         if self._shutdown is not None and not self._shutdown.called:
             self._shutdown.callback(None)
+
+
+def _peerCertificate(protocol: HeartbeatProtocol) -> bytes:
+    """
+    The SHA-256 of the peer's TLS certificate (DER), or empty without one.
+    """
+    getCertificate = getattr(protocol.transport, "getPeerCertificate", None)
+    if getCertificate is None:
+        return b""
+    try:
+        certificate = getCertificate()
+    except Exception:
+        return b""
+    if certificate is None:
+        return b""
+    try:
+        from OpenSSL.crypto import FILETYPE_ASN1, dump_certificate
+
+        return hashlib.sha256(dump_certificate(FILETYPE_ASN1, certificate)).digest()
+    except Exception:
+        return hashlib.sha256(repr(certificate).encode()).digest()

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import Any
 
+from .budget import MESSAGE_COST, MemoryBudget
 from .errors import (
     DeliveryCancelled,
     DeliveryFailed,
@@ -82,11 +83,15 @@ class Session:
     @ivar reachedBound: L{store} filled the buffer (L{isFull}) since the
         shell last cleared this: the edge on which it pauses a producer,
         known without a check per message.
+    @ivar budget: a server's L{MemoryBudget} shared by all its sessions,
+        charged for every stored message (length + L{MESSAGE_COST}); at its
+        limit L{store} raises L{QueueFull} whatever the overflow policy.
     """
 
     __slots__ = (
         "_unacked",
         "acked",
+        "budget",
         "dropped",
         "duplicates",
         "elastic",
@@ -135,6 +140,7 @@ class Session:
         self.reachedBound = False
         self.receipts: dict[int, Any] = {}
         self.settled: list[Settled] = []
+        self.budget: MemoryBudget | None = None
 
     def __len__(self) -> int:
         """Messages stored and not yet acknowledged (sent or not)."""
@@ -190,9 +196,19 @@ class Session:
                 return None
             oldSeq, old = self._unacked.popleft()
             self.unackedBytes -= len(old)
+            self._released(1, len(old))
             dropped = self.receipts.pop(oldSeq, None) if self.receipts else None
             if dropped is not None:
                 self.settled.append((dropped, None, MessageDropped(old, _FULL)))
+        budget = self.budget
+        if budget is not None:
+            cost = size + MESSAGE_COST
+            if budget.used + cost > budget.limit and not budget.admit(self, cost):
+                raise QueueFull(
+                    f"the server's memory budget ({budget.limit} bytes) is spent; "
+                    f"this session holds {self.unackedBytes} bytes unacknowledged"
+                )
+            budget.used += cost
         # _append, inlined: this is the data path of every session message.
         seq = self.nextSeq
         self.nextSeq = seq + 1
@@ -210,9 +226,23 @@ class Session:
         self.nextSeq = seq + 1
         self._unacked.append((seq, message))
         self.unackedBytes += len(message)
+        if self.budget is not None:
+            self.budget.used += len(message) + MESSAGE_COST
         if receipt is not None:
             self.receipts[seq] = receipt
         return seq
+
+    def _released(self, count: int, size: int) -> None:
+        """C{count} messages of C{size} bytes in all left the buffer."""
+        if self.budget is not None:
+            self.budget.used -= size + count * MESSAGE_COST
+
+    def releaseBudget(self) -> None:
+        """
+        The session is forgotten: give back all it holds, for good.
+        """
+        self._released(len(self._unacked), self.unackedBytes)
+        self.budget = None
 
     def acknowledge(self, upTo: int) -> int:
         """
@@ -230,6 +260,7 @@ class Session:
         self.acked = upTo
         unacked = self._unacked
         before = len(unacked)
+        heldBefore = self.unackedBytes
         receipts = self.receipts
         if receipts:
             while unacked and unacked[0][0] <= upTo:
@@ -241,7 +272,10 @@ class Session:
         else:  # the data path of a session without receipts: as lean as can be
             while unacked and unacked[0][0] <= upTo:
                 self.unackedBytes -= len(unacked.popleft()[1])
-        return before - len(unacked)
+        freed = before - len(unacked)
+        if self.budget is not None:
+            self.budget.used -= heldBefore - self.unackedBytes + freed * MESSAGE_COST
+        return freed
 
     def unsent(self) -> Iterator[tuple[int, bytes]]:
         """
@@ -301,6 +335,7 @@ class Session:
                 keep.append((m, receipt))
         self.nextSeq = 1
         self.sent = self.acked = self.received = self.pendingAcks = 0
+        self._released(len(self._unacked), self.unackedBytes)
         self._unacked.clear()
         self.unackedBytes = 0
         for m, receipt in keep:
@@ -317,6 +352,7 @@ class Session:
             if receipt is not None:
                 self.settled.append((receipt, None, None))
         messages = [m for _, m in self._unacked]
+        self._released(len(self._unacked), self.unackedBytes)
         self._unacked.clear()
         self.unackedBytes = 0
         self.sent = self.acked = self.nextSeq - 1
@@ -331,6 +367,7 @@ class Session:
             if stored == seq:
                 del self._unacked[index]
                 self.unackedBytes -= len(message)
+                self._released(1, len(message))
                 receipt = self.receipts.pop(seq, None)
                 if receipt is not None:
                     self.settled.append((receipt, None, error))
