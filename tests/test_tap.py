@@ -144,7 +144,32 @@ class BadOptionTests(SynchronousTestCase):
             ["--listen", "tcp:9000", "--max-connections", "0"],
             "--max-connections must be at least 1",
         ),
-        (["--host", "a:1", "--token", ""], "--token must be 1 to 255 bytes"),
+        (["--host", "a:1", "--token", ""], "--token: the token must be 1 to 255 bytes"),
+        # Every value that goes on the wire fits the wire (u32 milliseconds).
+        (["--listen", "tcp:9000", "--idle-timeout", "5000000"], "--idle-timeout must be at most"),
+        (["--host", "a:1", "--interval", "0.0001"], "--interval must be at least 0.001"),
+        (["--host", "a:1", "--timeout", "1e7"], "--timeout must be at most 4294967 seconds"),
+        (["--host", "a:1", "--max-frame", "5000000000"], "--max-frame must be at most 4294967295"),
+        (
+            ["--host", "a:1", "--max-interval", "5"],
+            "--max-interval (5) must be at least --interval",
+        ),
+        (["--listen", "tcp:9000", "--max-interval", "50"], "--max-interval is a client option"),
+        (["--listen", "tcp:9000", "--require-pongs"], "--require-pongs is a client option"),
+        (["--listen", "tcp:9000", "--memory-budget", "lots"], "--memory-budget must be a size"),
+        (["--listen", "tcp:9000", "--memory-budget", "1K"], "must be at least 1048576 bytes"),
+        (
+            ["--listen", "tcp:9000", "--max-handshaking", "0"],
+            "--max-handshaking must be at least 1",
+        ),
+        (
+            ["--host", "a:1", "--token-file", "/nonexistent/t"],
+            "--token-file /nonexistent/t: No such",
+        ),
+        (
+            ["--host", "a:1", "--token", "x", "--token-file", "/t"],
+            "--token or --token-file, not both",
+        ),
     ]
 
     def test_messages(self) -> None:
@@ -286,3 +311,57 @@ class ServerModeTests(SynchronousTestCase):
 
     def test_sink(self) -> None:
         self.assertEqual(self.run_mode("sink"), [[], [], []])
+
+
+class HardeningOptionsTests(SynchronousTestCase):
+    """
+    The options of #13: secrets kept out of ps, status on loopback, limits.
+    """
+
+    def test_tokenFromFile(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"s3cret\nignored second line\n")
+        o = parse("--host", "a:1", "--token-file", path)
+        self.assertEqual(o["heartbeat"].token, b"s3cret")
+
+    def test_tokenFromEnvironment(self) -> None:
+        import os
+
+        self.patch(os, "environ", {**os.environ, "KEEPCONN_TOKEN": "from-env"})
+        self.assertEqual(parse("--listen", "tcp:0")["heartbeat"].token, b"from-env")
+        # An explicit option wins over the environment.
+        self.assertEqual(parse("--listen", "tcp:0", "--token", "t")["heartbeat"].token, b"t")
+
+    def test_statusOnLoopbackByDefault(self) -> None:
+        for given, expected in (
+            ("9100", "tcp:9100:interface=127.0.0.1"),
+            ("tcp:9100", "tcp:9100:interface=127.0.0.1"),
+            ("tcp:9100:interface=0.0.0.0", "tcp:9100:interface=0.0.0.0"),
+            ("tcp6:9100", "tcp6:9100:interface=\\:\\:1"),
+        ):
+            self.assertEqual(parse("--listen", "tcp:0", "--status", given)["status"], expected)
+
+    def test_serverLimits(self) -> None:
+        o = parse(
+            "--listen",
+            "tcp:0",
+            "--memory-budget",
+            "64M",
+            "--max-sessions",
+            "50",
+            "--max-handshaking",
+            "32",
+            "--min-interval",
+            "2",
+            "--interval",
+            "1",
+        )
+        self.assertEqual(
+            (o["memory-budget"], o["max-sessions"], o["max-handshaking"]), (64 << 20, 50, 32)
+        )
+        self.assertEqual(o["heartbeat"].minInterval, 1.0)  # never above --interval
+
+    def test_clientBounds(self) -> None:
+        c = parse("--host", "a:1", "--max-interval", "60", "--require-pongs")["heartbeat"]
+        self.assertEqual((c.maxInterval, c.requirePongs), (60.0, True))

@@ -94,7 +94,7 @@ class HeartbeatConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
             if value > MAX_WIRE_SECONDS:
                 raise ValueError(
-                    f"{name} must be at most {MAX_WIRE_SECONDS:g} seconds "
+                    f"{name} must be at most {MAX_WIRE_SECONDS:.0f} seconds "
                     f"(a u32 of milliseconds on the wire), not {value!r}"
                 )
         if self.interval < 0.001:
@@ -111,7 +111,7 @@ class HeartbeatConfig:
             MAX_WIRE_SECONDS
         ):
             raise ValueError(
-                f"maxInterval must be at least interval and at most {MAX_WIRE_SECONDS:g}, "
+                f"maxInterval must be at least interval and at most {MAX_WIRE_SECONDS:.0f} s, "
                 f"not {self.maxInterval!r}"
             )
         if not MIN_MAX_FRAME <= self.maxFrame <= MAX_WIRE_FRAME:

@@ -295,6 +295,9 @@ class KeepaliveServerService(_Listener):
             maxConnections=options["max-connections"],
             sessionGrace=grace if grace > 0 else None,
             sessionBuffer=options["session-buffer"],
+            maxHandshaking=options["max-handshaking"],
+            maxSessions=options["max-sessions"],
+            memoryBudget=options["memory-budget"],
         )
         self.factory.mode = options["mode"]
         self.factory.service = self
@@ -330,6 +333,15 @@ class KeepaliveServerService(_Listener):
             "sessions_expired": f.sessionsExpired,
             "slow_consumers": f.slowConsumers,
             "push_refused": f.pushRefused,
+            "handshaking": len(f._handshaking),
+            "crowded_out": f.crowdedOut,
+            "sessions_evicted": f.sessionsEvicted,
+            "sessions_refused": f.sessionsRefused,
+            "resumes_refused": f.resumesRefused,
+            "memory_used": f.memoryBudget.used,
+            "memory_budget": f.memoryBudget.limit,
+            "memory_refusals": f.memoryBudget.refusals,
+            "log_lines_suppressed": f.peerLog.suppressed if f.peerLog is not None else 0,
             **self.totals.withLive(list(f.connections)),
         }
 
@@ -342,7 +354,8 @@ class GracefulSignals(Service):
     SIGTERM and SIGINT stop the reactor gracefully and let twistd exit with
     status 0: the services' own stopService sends CLOSE (a client) or
     GOING_AWAY (a server) first.  (twistd's own handlers re-raise the signal
-    after shutdown, which makes the exit status 128 + signal.)
+    after shutdown, which makes the exit status 128 + signal.)  SIGHUP
+    reopens the log file.
     """
 
     def startService(self) -> None:
@@ -356,8 +369,47 @@ class GracefulSignals(Service):
             log.info("Received {signal}; stopping gracefully", signal=signal.Signals(number).name)
             reactor.callFromThread(reactor.stop)
 
+        def hangup(number: int, frame: Any) -> None:
+            reactor.callFromThread(reopenLog)
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hangup)
+
+
+def _twistdLogFile() -> Any:
+    """
+    The log file twistd writes (C{--logfile}), found where twistd keeps it:
+    in the SIGUSR1 handler it installs to rotate it.  L{None} when logging
+    goes to standard output or syslog.
+    """
+    import signal
+
+    from twisted.python.logfile import LogFile
+
+    handler = signal.getsignal(signal.SIGUSR1)
+    for cell in getattr(handler, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if isinstance(value, LogFile):
+            return value
+    return None
+
+
+def reopenLog() -> None:
+    """
+    SIGHUP: reopen the log file, for rotation tools that move it aside
+    (logrotate without copytruncate).  Before, SIGHUP killed the server
+    without a word to its clients.
+    """
+    logFile = _twistdLogFile()
+    if logFile is None:
+        log.info("Received SIGHUP: no log file to reopen (logging to a stream)")
+        return
+    logFile.reopen()
+    log.info("Received SIGHUP: reopened {path}", path=logFile.path)
 
 
 # Status endpoint
@@ -455,6 +507,47 @@ class _Collector(Collector):
                 "keepalive_server_slow_consumers",
                 "Push recipients closed because their session buffer was full.",
                 status["slow_consumers"],
+            )
+            yield GaugeMetricFamily(
+                "keepalive_server_handshaking",
+                "Connections in their handshake.",
+                status["handshaking"],
+            )
+            yield CounterMetricFamily(
+                "keepalive_server_crowded_out",
+                "Connections dropped in their handshake to make room for a newer one.",
+                status["crowded_out"],
+            )
+            ended = CounterMetricFamily(
+                "keepalive_server_sessions_ended",
+                "Sessions forgotten with messages maybe undelivered, by why.",
+                labels=["why"],
+            )
+            ended.add_metric(["expired"], status["sessions_expired"])
+            ended.add_metric(["evicted"], status["sessions_evicted"])
+            yield ended
+            refused = CounterMetricFamily(
+                "keepalive_server_sessions_refused",
+                "Session handshakes refused, by why.",
+                labels=["why"],
+            )
+            refused.add_metric(["limit"], status["sessions_refused"])
+            refused.add_metric(["resume"], status["resumes_refused"])
+            yield refused
+            yield GaugeMetricFamily(
+                "keepalive_server_memory_used_bytes",
+                "Bytes held in session buffers and unread output.",
+                status["memory_used"],
+            )
+            yield GaugeMetricFamily(
+                "keepalive_server_memory_budget_bytes",
+                "The limit on memory_used.",
+                status["memory_budget"],
+            )
+            yield CounterMetricFamily(
+                "keepalive_server_log_lines_suppressed",
+                "Log lines about peers not written (one per peer host and kind per period).",
+                status["log_lines_suppressed"],
             )
 
 

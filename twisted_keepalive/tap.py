@@ -11,6 +11,7 @@ endpoint with C{/status} (JSON) and C{/metrics} (Prometheus).
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -19,16 +20,23 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
 from .backoff import GROWTHS, JITTERS, backoffPolicy
-from .config import HeartbeatConfig
-from .frames import DEFAULT_MAX_FRAME, MIN_MAX_FRAME
+from .config import DEFAULT_MIN_INTERVAL, HeartbeatConfig
+from .frames import DEFAULT_MAX_FRAME, MAX_WIRE_FRAME, MAX_WIRE_SECONDS, MIN_MAX_FRAME
 from .raw import RawHeartbeatConfig, unescape
 from .tcp import TCPKeepalive
 
 MODES = ("echo", "broadcast", "sink")
+#: The environment variable a token may come from, so it never shows in ps.
+TOKEN_ENV = "KEEPCONN_TOKEN"
 FAILOVERS = ("order", "round-robin")
 
 
-def _seconds(name: str, allowZero: bool = False) -> Any:
+def _seconds(name: str, allowZero: bool = False, wire: bool = False) -> Any:
+    """
+    A coercer for a number of seconds; C{wire}: it goes in a HELLO, as a
+    u32 of milliseconds, so at most L{MAX_WIRE_SECONDS}.
+    """
+
     def coerce(text: str) -> float:
         try:
             value = float(text)
@@ -37,9 +45,33 @@ def _seconds(name: str, allowZero: bool = False) -> Any:
         if not (value >= 0 if allowZero else value > 0) or value != value or value == float("inf"):
             kind = "zero or more" if allowZero else "a positive number of"
             raise ValueError(f"{name} must be {kind} seconds, not {text}")
+        if wire and value > MAX_WIRE_SECONDS:
+            raise ValueError(
+                f"{name} must be at most {MAX_WIRE_SECONDS:.0f} seconds "
+                f"(the wire carries milliseconds in 32 bits), not {text}"
+            )
+        if wire and 0 < value < 0.001:
+            raise ValueError(f"{name} must be at least 0.001 seconds, not {text}")
         return value
 
     coerce.coerceDoc = "Seconds; fractions allowed."  # type: ignore[attr-defined]
+    return coerce
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _bytes(name: str, minimum: int = 1) -> Any:
+    def coerce(text: str) -> int:
+        match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text, re.IGNORECASE)
+        if match is None:
+            raise ValueError(f"{name} must be a size such as 65536, 512K, 256M or 1G, not {text!r}")
+        value = int(match.group(1)) * _UNITS[match.group(2).upper()]
+        if value < minimum:
+            raise ValueError(f"{name} must be at least {minimum} bytes, not {text}")
+        return value
+
+    coerce.coerceDoc = "Bytes; K, M and G suffixes allowed."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -66,6 +98,13 @@ def _choice(name: str, choices: tuple[str, ...]) -> Any:
     return coerce
 
 
+def _frameSize(text: str) -> int:
+    value = _count("--max-frame", MIN_MAX_FRAME)(text)
+    if value > MAX_WIRE_FRAME:
+        raise ValueError(f"--max-frame must be at most {MAX_WIRE_FRAME}, not {value}")
+    return int(value)
+
+
 def _positiveFactor(text: str) -> float:
     try:
         value = float(text)
@@ -90,6 +129,13 @@ class Options(usage.Options):
 
     optFlags = [
         [
+            "require-pongs",
+            None,
+            "Client: the server is alive only while it answers PINGs: ping every "
+            "--interval whatever else flows, and declare it dead --timeout after "
+            "its last PONG even if other bytes keep coming.",
+        ],
+        [
             "stdio",
             None,
             "Client: send each line of standard input as a message; write each "
@@ -111,14 +157,14 @@ class Options(usage.Options):
             None,
             10.0,
             "Heartbeat interval in seconds (client: proposed; server: the longest allowed).",
-            _seconds("--interval"),
+            _seconds("--interval", wire=True),
         ],
         [
             "timeout",
             None,
             30.0,
             "Client: seconds of silence before the server is declared dead.",
-            _seconds("--timeout"),
+            _seconds("--timeout", wire=True),
         ],
         ["backoff", None, "exponential", "Client: backoff growth.", _choice("--backoff", GROWTHS)],
         [
@@ -201,7 +247,62 @@ class Options(usage.Options):
             "TCP_USER_TIMEOUT in seconds: give up on unacknowledged data after this long.",
             _seconds("--user-timeout"),
         ],
-        ["token", None, None, "Shared secret (client: sent; server: required)."],
+        [
+            "token",
+            None,
+            None,
+            "Shared secret (client: sent; server: required).  Visible in ps: "
+            "prefer --token-file or the KEEPCONN_TOKEN environment variable.",
+        ],
+        [
+            "token-file",
+            None,
+            None,
+            "Read the shared secret from this file (its first line).",
+        ],
+        [
+            "max-interval",
+            None,
+            None,
+            "Client: the longest ping interval a server may impose (default: 4 x "
+            "--interval); a longer one fails the handshake.",
+            _seconds("--max-interval", wire=True),
+        ],
+        [
+            "min-interval",
+            None,
+            DEFAULT_MIN_INTERVAL,
+            "Server: the shortest ping interval a client may use; faster "
+            "proposals are given this (and pings faster than half of it are "
+            "strikes).  Never above --interval.",
+            _seconds("--min-interval", wire=True),
+        ],
+        [
+            "max-handshaking",
+            None,
+            256,
+            "Server: connections allowed to be in their handshake at once; past "
+            "it the oldest gives way (sockets that never speak cannot keep "
+            "clients out).",
+            _count("--max-handshaking", 1),
+        ],
+        [
+            "max-sessions",
+            None,
+            10_000,
+            "Server: sessions kept at most (live or in their grace period).",
+            _count("--max-sessions", 1),
+        ],
+        [
+            "memory-budget",
+            None,
+            256 << 20,
+            "Server: bytes all clients may hold together in session buffers and "
+            "unread output (such as 256M); at the limit sessions in their grace "
+            "are forgotten oldest first, then the clients holding the most are "
+            "dropped.",
+            _bytes("--memory-budget", 1 << 20),
+        ],
         ["client-id", None, None, "Client: identifier sent to the server."],
         [
             "raw-ping",
@@ -236,8 +337,9 @@ class Options(usage.Options):
             "idle-timeout",
             None,
             30.0,
-            "Server: seconds of silence before a client is evicted.",
-            _seconds("--idle-timeout"),
+            "Server: seconds of silence before a client is evicted (a frame, "
+            "however trickled, must also arrive whole within it).",
+            _seconds("--idle-timeout", wire=True),
         ],
         [
             "max-connections",
@@ -251,7 +353,7 @@ class Options(usage.Options):
             None,
             DEFAULT_MAX_FRAME,
             "Largest frame accepted, in bytes.",
-            _count("--max-frame", MIN_MAX_FRAME),
+            _frameSize,
         ],
         [
             "shutdown-timeout",
@@ -310,11 +412,37 @@ class Options(usage.Options):
                 keepalive.idle, keepalive.interval, keepalive.count, self["user-timeout"]
             )
         self["tcpKeepalive"] = keepalive
-        if self["token"] is not None and not 0 < len(self["token"].encode()) <= 255:
-            raise usage.UsageError("--token must be 1 to 255 bytes")
+        self._token()
         if self["status"] is not None:
+            self["status"] = loopbackByDefault(self["status"])
             self._checkServerEndpoint("--status", self["status"])
         self["heartbeat"] = self._heartbeatConfig(client)
+
+    def _token(self) -> None:
+        """
+        The shared secret, from --token, --token-file or KEEPCONN_TOKEN (in
+        that order; only one may be given).
+        """
+        given = [name for name in ("token", "token-file") if self[name] is not None]
+        if len(given) > 1:
+            raise usage.UsageError("give --token or --token-file, not both")
+        if self["token-file"] is not None:
+            try:
+                with open(self["token-file"], "rb") as f:
+                    text = f.read(4096).split(b"\n", 1)[0].rstrip(b"\r")
+            except OSError as e:
+                raise usage.UsageError(f"--token-file {self['token-file']}: {e.strerror}") from None
+            token: bytes | None = text
+            source = f"--token-file {self['token-file']}"
+        elif self["token"] is not None:
+            token, source = self["token"].encode(), "--token"
+        elif os.environ.get(TOKEN_ENV):
+            token, source = os.environ[TOKEN_ENV].encode(), TOKEN_ENV
+        else:
+            token, source = None, ""
+        if token is not None and not 0 < len(token) <= 255:
+            raise usage.UsageError(f"{source}: the token must be 1 to 255 bytes")
+        self["secret"] = token
 
     def _clientOptions(self) -> None:
         for host in self["hosts"]:
@@ -376,10 +504,10 @@ class Options(usage.Options):
                 f"--idle-timeout ({self['idle-timeout']:g}) must be longer than --interval "
                 f"({self['interval']:g}); twice as long lets a client miss one ping"
             )
-        for flag in ("stdio",):
+        for flag in ("stdio", "require-pongs"):
             if self[flag]:
                 raise usage.UsageError(f"--{flag} is a client option")
-        for name in ("raw-ping", "raw-expect", "client-id"):
+        for name in ("raw-ping", "raw-expect", "client-id", "max-interval"):
             if self[name] is not None:
                 raise usage.UsageError(f"--{name} is a client option")
 
@@ -393,12 +521,19 @@ class Options(usage.Options):
             raise usage.UsageError(f"{flag} {description}: {e}") from None
 
     def _heartbeatConfig(self, client: bool) -> HeartbeatConfig:
-        token = None if self["token"] is None else self["token"].encode()
+        token = self["secret"]
         try:
             if client:
+                if self["max-interval"] is not None and self["max-interval"] < self["interval"]:
+                    raise ValueError(
+                        f"--max-interval ({self['max-interval']:g}) must be at least "
+                        f"--interval ({self['interval']:g})"
+                    )
                 return HeartbeatConfig(
                     interval=self["interval"],
                     timeout=self["timeout"],
+                    maxInterval=self["max-interval"],
+                    requirePongs=bool(self["require-pongs"]),
                     maxFrame=self["max-frame"],
                     clientId=self["client-id"],
                     token=token,
@@ -407,6 +542,8 @@ class Options(usage.Options):
             return HeartbeatConfig(
                 interval=self["interval"],
                 timeout=self["idle-timeout"],
+                # The floor never above the ceiling.
+                minInterval=min(self["min-interval"], self["interval"]),
                 maxFrame=self["max-frame"],
                 token=token,
                 tcpKeepalive=self["tcpKeepalive"],
@@ -422,6 +559,22 @@ class Options(usage.Options):
             self["factor"],
             self["jitter"],
         )
+
+
+def loopbackByDefault(description: str) -> str:
+    """
+    A status endpoint without an interface listens on loopback only: the
+    status page names every client, and metrics are not for the world.
+    C{9100} and C{tcp:9100} become C{tcp:9100:interface=127.0.0.1};
+    anything naming an interface (or another kind of endpoint) is kept.
+    """
+    if description.isdigit():
+        description = f"tcp:{description}"
+    if description.startswith(("tcp:", "tcp6:")) and "interface=" not in description:
+        host = "::1" if description.startswith("tcp6:") else "127.0.0.1"
+        host = host.replace(":", "\\:")
+        return f"{description}:interface={host}"
+    return description
 
 
 def makeService(options: Options) -> IService:
