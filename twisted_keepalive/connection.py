@@ -92,9 +92,14 @@ class PingReceived:
     """
     The peer pinged; the PONG is already in the outbox.  Servers use this to
     enforce a ping rate.
+
+    @ivar gap: seconds since the peer's previous PING (L{None} for the
+        first): carried by the event, since several PINGs can arrive in one
+        read and each must be judged on its own gap.
     """
 
     at: float
+    gap: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,8 +459,7 @@ class KeepaliveConnection:
             and not self._decoder.buffered
         ):
             # One whole PING and nothing else: what an idle link reads.
-            self._answerPing(data[6:], now)
-            return [PingReceived(now)]
+            return [PingReceived(now, self._answerPing(data[6:], now))]
         events: list[Event] = []
         append = events.append
         isOpen = self.state is _OPEN
@@ -476,8 +480,7 @@ class KeepaliveConnection:
                 if ftype == 2 and isOpen and len(payload) == 12:
                     # PING, the idle path (bench/idle_fleet.py): the PONG
                     # echoes the PING's payload, so nothing is parsed.
-                    self._answerPing(payload, now)
-                    append(PingReceived(now))
+                    append(PingReceived(now, self._answerPing(payload, now)))
                     continue
                 self.controlIn += 1
                 self._control(ftype, flags, payload, now, events)
@@ -548,16 +551,17 @@ class KeepaliveConnection:
         elif isinstance(frame, Hello):
             raise RemoteProtocolError("HELLO received after the handshake")
 
-    def _answerPing(self, payload: bytes, now: float) -> None:
+    def _answerPing(self, payload: bytes, now: float) -> float | None:
         self.controlIn += 1
         self.pingsReceived += 1
         last = self._lastPingAt
-        self.pingGap = None if last is None else now - last
+        self.pingGap = gap = None if last is None else now - last
         self._lastPingAt = now
         self._emit(_PONG_HEADER + payload, now)
         probe = self.config.rttProbeEvery
         if probe and self.role is Role.SERVER and self.pingsReceived % probe == 1 % probe:
             self._ping(now)  # a server measures RTT too, now and then
+        return gap
 
     def _pong(self, pong: Pong, now: float) -> float | None:
         if self._forgottenPings:

@@ -54,6 +54,8 @@ _LENGTH = struct.Struct(">I")
 _MAX_CHUNKS = 16
 #: ...when they average less than this many bytes.
 _SMALL_CHUNK = 1024
+#: A frame this small gets its whole buffer at once when trickled.
+_SMALL_FRAME = HANDSHAKE_MAX_FRAME + 6  # and its header
 HEADER_SIZE = _HEADER.size  # 6
 _HELLO_FIXED = struct.Struct(">BIII")
 _PING = struct.Struct(">IQ")
@@ -357,10 +359,12 @@ class FrameDecoder:
     frames (the handshake raises it).
     """
 
-    __slots__ = ("_chunks", "_need", "_size", "maxFrame")
+    __slots__ = ("_chunks", "_filled", "_gathered", "_need", "_size", "maxFrame")
 
     def __init__(self, maxFrame: int = DEFAULT_MAX_FRAME) -> None:
-        self._chunks: list[bytes | bytearray] = []
+        self._chunks: list[bytes | memoryview] = []
+        self._gathered: bytearray | None = None
+        self._filled = 0
         self._size = 0
         # Bytes needed before anything can be decoded: a header, or the rest
         # of a frame whose header was read.  Chunks are only joined once this
@@ -407,11 +411,33 @@ class FrameDecoder:
                     # small reads are gathered into one growing buffer, and
                     # what is held stays close to what was sent.  Large
                     # reads (a big frame arriving) are left alone: one copy.
-                    first = chunks[0]
-                    gathered = first if type(first) is bytearray else bytearray(first)
-                    for chunk in chunks[1:]:
-                        gathered += chunk
-                    self._chunks = [gathered]
+                    # The buffer is filled in place, allocated at the
+                    # frame's size (known by now) for a small frame and
+                    # doubling (never past that size) for a large one:
+                    # grown at every read, it would leave the allocator a
+                    # trail of freed blocks (measured: 27 KiB of RSS per
+                    # connection for a 4 KiB HELLO, 7 KiB allocated at
+                    # once); a large frame must not cost more than twice
+                    # what the peer sent.
+                    gathered = self._gathered
+                    if gathered is None:
+                        pos, todo = 0, chunks
+                    else:
+                        pos, todo = self._filled, chunks[1:]
+                    if gathered is None or self._size > len(gathered):
+                        final = max(self._need, self._size)
+                        grown = bytearray(
+                            final if final <= _SMALL_FRAME else max(2 * self._size, _SMALL_FRAME)
+                        )
+                        if gathered is not None:
+                            grown[:pos] = memoryview(gathered)[:pos]
+                        gathered = self._gathered = grown
+                    for chunk in todo:
+                        end = pos + len(chunk)
+                        gathered[pos:end] = chunk
+                        pos = end
+                    self._filled = pos
+                    self._chunks = [memoryview(gathered)[:pos]]
                 if self._need == HEADER_SIZE and self._size >= 4:
                     self._checkLength()
             return
@@ -450,6 +476,7 @@ class FrameDecoder:
                         f"bad frame length {_LENGTH.unpack_from(buf, offset)[0]} (minimum is 2)"
                     )
         finally:
+            self._gathered = None
             rest = buf[offset:] if offset else buf
             self._chunks = [rest] if rest else []
             self._size = len(rest)

@@ -364,11 +364,13 @@ class KeepaliveServerFactory(ServerFactory):
                 previous.close(CloseCode.NORMAL, _REPLACED)
         self.clientConnected(protocol)
 
-    def heartbeatPingReceived(self, protocol: HeartbeatProtocol, at: float) -> None:
+    def heartbeatPingReceived(
+        self, protocol: HeartbeatProtocol, at: float, gap: float | None = None
+    ) -> None:
         core = protocol.core
-        if core is None or core.pingGap is None or core.interval is None:
+        if gap is None or core is None or core.interval is None:
             return
-        gap, interval = core.pingGap, core.interval
+        interval = core.interval
         strikes = self._strikes
         if gap >= self.pingTolerance * interval:
             # The common case: nothing stored per ping.  A ping on time

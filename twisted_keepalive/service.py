@@ -273,11 +273,14 @@ class _ModeServerFactory(KeepaliveServerFactory):
             self.broadcast(message, where=lambda p: p is not protocol)
 
     def clientConnected(self, protocol: HeartbeatProtocol) -> None:
-        log.info("Client {peer} connected", peer=protocol.peer)
+        protocol.peerLog("connected", "info", "Client {peer} connected")
 
     def clientDisconnected(self, protocol: HeartbeatProtocol, reason: DisconnectReason) -> None:
         self.service.totals.add(protocol)
-        log.info("Client {peer} left: {reason}", peer=protocol.peer, reason=reason.value)
+        if protocol.core is not None and protocol.core.handshakeAt is not None:
+            # Only clients say goodbye; a connection that never completed
+            # its handshake was already logged for what it did wrong.
+            protocol.peerLog("left", "info", "Client {peer} left: {reason}", reason=reason.value)
 
 
 class KeepaliveServerService(_Listener):
@@ -576,4 +579,5 @@ class StatusService(_Listener):
         root.putChild(b"metrics", MetricsResource(registry=service.registry))
         site = Site(root)
         site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]  # no access log
         super().__init__(description, site)
