@@ -99,6 +99,24 @@ def liveServer(procs: Processes, *extra: str, mode: str = "echo") -> tuple[Any, 
     return proc, port, statusPort
 
 
+def bareServer(procs: Processes, *extra: str, logfile: bool = False) -> tuple[Any, int, int]:
+    """
+    A server with only C{extra} options; its status endpoint names no
+    interface (so it also exercises the loopback default).
+    """
+    port, statusPort = freePort(), freePort()
+    proc = procs.start(
+        "server",
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--status",
+        f"tcp:{statusPort}",
+        *extra,
+        logfile=logfile,
+    )
+    return proc, port, statusPort
+
+
 def noTracebacks(log: str) -> None:
     assert "Traceback" not in log, log[-3000:]
     assert "CRITICAL" not in log, log[-3000:]
@@ -358,18 +376,7 @@ def test_trickledHalfFrameEvictedAtTheIdleTimeout() -> Any:
     """
     procs = Processes()
     try:
-        port, sp = freePort(), freePort()
-        procs.start(
-            "server",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--status",
-            f"tcp:{sp}",
-            "--interval",
-            "1",
-            "--idle-timeout",
-            "5",
-        )
+        _, port, sp = bareServer(procs, "--interval", "1", "--idle-timeout", "5")
         yield waitFor(listening(sp), 20, "the server")
 
         def attack() -> list[float]:
@@ -538,15 +545,7 @@ def test_logsAPeerCannotFlood() -> Any:
     """
     procs = Processes()
     try:
-        port, sp = freePort(), freePort()
-        procs.start(
-            "server",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--status",
-            f"tcp:{sp}",
-            logfile=True,
-        )
+        _, port, sp = bareServer(procs, logfile=True)
         yield waitFor(listening(sp), 20, "the server")
         yield sleep(0.3)
         start = len(procs.log("server"))
@@ -703,15 +702,7 @@ def test_daemonValidatesAndSurvivesSignals() -> Any:
         assert b"--idle-timeout must be at most" in bad.err + bad.out
         assert b"Traceback" not in bad.err + bad.out
 
-        port, sp = freePort(), freePort()
-        srv = procs.start(
-            "server",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--status",
-            f"tcp:{sp}",
-            logfile=True,
-        )
+        srv, port, sp = bareServer(procs, logfile=True)
         yield waitFor(listening(sp), 20, "the server")
         # --status without an interface listens on loopback only.
         with open("/proc/net/tcp") as f:
@@ -781,13 +772,8 @@ def test_seededFuzzerNoTracebacksWhileAGoodClientWorks() -> Any:
     procs = Processes()
     seed = int(os.environ.get("KEEPCONN_FUZZ_SEED", "1322"))
     try:
-        port, sp = freePort(), freePort()
-        procs.start(
-            "server",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--status",
-            f"tcp:{sp}",
+        _, port, sp = bareServer(
+            procs,
             "--interval",
             "1",
             "--idle-timeout",
