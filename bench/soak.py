@@ -29,7 +29,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.task import LoopingCall
 
 from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol
-from twisted_keepalive.backoff import backoffPolicy
+from twisted_keepalive.backoff import jitteredBackoff
 from twisted_keepalive.client import ClientState, KeepaliveClientFactory
 from twisted_keepalive.server import KeepaliveServerFactory
 from twisted_keepalive.testing import FaultProxy
@@ -97,7 +97,7 @@ class Soak:
             factory = KeepaliveClientFactory(
                 HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT, clientId=f"c{i}"),
                 servers=[f"127.0.0.1:{proxy.listen()}"],
-                retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=1.0, random=self.rng.random),
+                retryPolicy=jitteredBackoff(initialDelay=0.1, maxDelay=1.0, random=self.rng.random),
                 stableAfter=1.0,
                 connectTimeout=2.0,
                 queueSize=100,

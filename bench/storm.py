@@ -72,7 +72,7 @@ def client(port: int, count: int, jitter: str) -> None:
     from twisted.internet import reactor
 
     from twisted_keepalive import HeartbeatConfig
-    from twisted_keepalive.backoff import backoffPolicy
+    from twisted_keepalive.backoff import jitteredBackoff
     from twisted_keepalive.client import ClientState, KeepaliveClientFactory
 
     state = {"ready": 0, "handshakes": 0}
@@ -92,7 +92,7 @@ def client(port: int, count: int, jitter: str) -> None:
             attempts.append(time.time())
 
     for _ in range(count):
-        policy = backoffPolicy(initialDelay=INITIAL, maxDelay=MAX_DELAY, jitter=jitter)
+        policy = jitteredBackoff(initialDelay=INITIAL, maxDelay=MAX_DELAY, jitter=jitter)
         factories.append(
             Counted(
                 HeartbeatConfig(interval=INTERVAL, timeout=3 * INTERVAL),

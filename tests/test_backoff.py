@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from twisted_keepalive.backoff import GROWTHS, JITTERS, backoffPolicy
+from twisted_keepalive.backoff import GROWTHS, JITTERS, jitteredBackoff
 
 
 def fixed(value: float) -> Any:
@@ -29,23 +29,34 @@ class PolicyTests(SynchronousTestCase):
     def test_firstRetryWaitsTheInitialDelay(self) -> None:
         # Stock ReconnectingClientFactory waits initial x factor (twisted#12478).
         for growth in GROWTHS:
-            policy = backoffPolicy(growth, initialDelay=3.0, maxDelay=100.0, jitter="none")
+            policy = jitteredBackoff(growth, initialDelay=3.0, maxDelay=100.0, jitter="none")
             self.assertEqual(policy(1), 3.0, growth)
             self.assertEqual(policy(0), 3.0, growth)
 
     def test_growth(self) -> None:
-        exp = backoffPolicy("exponential", 1.0, 60.0, 2.0, "none")
+        exp = jitteredBackoff(
+            "exponential", initialDelay=1.0, maxDelay=60.0, factor=2.0, jitter="none"
+        )
         self.assertEqual([exp(n) for n in range(1, 9)], [1, 2, 4, 8, 16, 32, 60, 60])
-        lin = backoffPolicy("linear", 1.5, 5.0, jitter="none")
+        lin = jitteredBackoff("linear", initialDelay=1.5, maxDelay=5.0, jitter="none")
         self.assertEqual([lin(n) for n in range(1, 6)], [1.5, 3.0, 4.5, 5.0, 5.0])
-        self.assertEqual(backoffPolicy("fixed", 2.0, 9.0, jitter="none")(50), 2.0)
+        self.assertEqual(
+            jitteredBackoff("fixed", initialDelay=2.0, maxDelay=9.0, jitter="none")(50), 2.0
+        )
 
     def test_hugeAttemptDoesNotOverflow(self) -> None:
-        self.assertEqual(backoffPolicy(factor=10.0, jitter="none")(10**6), 60.0)
+        self.assertEqual(jitteredBackoff(factor=10.0, jitter="none")(10**6), 60.0)
 
     def test_jitters(self) -> None:
         def at(jitter: str, r: float, attempt: int = 3) -> float:
-            return backoffPolicy("exponential", 1.0, 60.0, 2.0, jitter, random=fixed(r))(attempt)
+            return jitteredBackoff(
+                "exponential",
+                initialDelay=1.0,
+                maxDelay=60.0,
+                factor=2.0,
+                jitter=jitter,
+                random=fixed(r),
+            )(attempt)
 
         self.assertEqual(at("full", 0.5), 2.0)
         self.assertEqual(at("full", 0.0), 0.0)
@@ -55,7 +66,7 @@ class PolicyTests(SynchronousTestCase):
         self.assertAlmostEqual(at("proportional", 1.0), 4.0 * 1.2)
 
     def test_decorrelated(self) -> None:
-        policy = backoffPolicy(
+        policy = jitteredBackoff(
             initialDelay=1.0, maxDelay=10.0, jitter="decorrelated", random=fixed(1.0)
         )
         # Always the top of U(base, 3 x previous): 3, 9, then capped at 10.
@@ -72,15 +83,20 @@ class PolicyTests(SynchronousTestCase):
         }
         for jitter, formula in expected.items():
             draws = random.Random(42)
-            policy = backoffPolicy(
-                "exponential", 1.0, 10.0, 2.0, jitter, random=random.Random(42).random
+            policy = jitteredBackoff(
+                "exponential",
+                initialDelay=1.0,
+                maxDelay=10.0,
+                factor=2.0,
+                jitter=jitter,
+                random=random.Random(42).random,
             )
             got = [policy(n) for n in range(1, 9)]
             want = [formula(v, draws.random() if jitter != "none" else 0.0) for v in base]
             for g, w in zip(got, want, strict=True):
                 self.assertAlmostEqual(g, w, places=12, msg=jitter)
         draws = random.Random(7)
-        policy = backoffPolicy(
+        policy = jitteredBackoff(
             initialDelay=1.0, maxDelay=10.0, jitter="decorrelated", random=random.Random(7).random
         )
         previous = 1.0
@@ -92,7 +108,7 @@ class PolicyTests(SynchronousTestCase):
     def test_maxHoldsAfterJitter(self) -> None:
         # Stock jitter can exceed maxDelay (twisted#4734).
         for jitter in JITTERS:
-            policy = backoffPolicy(
+            policy = jitteredBackoff(
                 initialDelay=5.0, maxDelay=10.0, jitter=jitter, random=fixed(0.999999)
             )
             self.assertLessEqual(max(policy(n) for n in range(20)), 10.0, jitter)
@@ -116,7 +132,14 @@ class PolicyTests(SynchronousTestCase):
         r: float,
         attempt: int,
     ) -> None:
-        policy = backoffPolicy(growth, initial, initial + extra, factor, jitter, random=fixed(r))
+        policy = jitteredBackoff(
+            growth,
+            initialDelay=initial,
+            maxDelay=initial + extra,
+            factor=factor,
+            jitter=jitter,
+            random=fixed(r),
+        )
         delay = policy(attempt)
         self.assertTrue(0.0 <= delay <= initial + extra)
 
@@ -130,7 +153,7 @@ class PolicyTests(SynchronousTestCase):
         ]
         for kwargs, fragment in cases:
             with self.assertRaises(ValueError) as ctx:
-                backoffPolicy(**kwargs)
+                jitteredBackoff(**kwargs)
             self.assertIn(fragment, str(ctx.exception))
 
     def test_plugsIntoClientService(self) -> None:
@@ -141,7 +164,7 @@ class PolicyTests(SynchronousTestCase):
             def connect(self, factory: Any) -> Any:
                 return fail(ConnectionRefusedError())
 
-        policy = backoffPolicy(initialDelay=2.5, jitter="none")
+        policy = jitteredBackoff(initialDelay=2.5, jitter="none")
         service = ClientService(Refusing(), Factory(), retryPolicy=policy, clock=clock)
         service.startService()
         # ClientService passes 1 for the first retry: it waits the initial delay.
@@ -150,3 +173,12 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [2.5 + 5.0])
         service.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class NameTests(SynchronousTestCase):
+    def test_notMistakenForTwistedsBackoffPolicy(self) -> None:
+        # twisted.application.internet.backoffPolicy(initialDelay, maxDelay, ...)
+        with self.assertRaises(TypeError):
+            jitteredBackoff(0.5, 30)  # type: ignore[arg-type, call-arg]
+        with self.assertRaises(ValueError):
+            jitteredBackoff(0.5)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_keepalive import CloseCode, HeartbeatConfig, HeartbeatTimeout, Role
-from twisted_keepalive.backoff import backoffPolicy
+from twisted_keepalive.backoff import jitteredBackoff
 from twisted_keepalive.client import (
     ClientState,
     GaveUp,
@@ -124,7 +124,7 @@ class FactoryTestCase(ClockTestCase):
 
     def makeFactory(self, *servers: FakeServer, **kwargs: Any) -> KeepaliveClientFactory:
         kwargs.setdefault(
-            "retryPolicy", backoffPolicy(initialDelay=1.0, maxDelay=8.0, jitter="none")
+            "retryPolicy", jitteredBackoff(initialDelay=1.0, maxDelay=8.0, jitter="none")
         )
         kwargs.setdefault("stableAfter", 5.0)
         factory = KeepaliveClientFactory(
@@ -511,7 +511,7 @@ class ConnectorModeTests(ClockTestCase):
     def test_dropIn(self) -> None:
         reactor = MemoryReactorClock()
         factory = KeepaliveClientFactory(
-            CLIENT, clock=reactor, retryPolicy=backoffPolicy(jitter="none"), stableAfter=5.0
+            CLIENT, clock=reactor, retryPolicy=jitteredBackoff(jitter="none"), stableAfter=5.0
         )
         self.assertIsInstance(factory, ReconnectingClientFactory)
         connector = reactor.connectTCP("127.0.0.1", 9000, factory)
@@ -543,7 +543,7 @@ class ConnectorModeTests(ClockTestCase):
     def test_connectTimeoutFailsTheAttempt(self) -> None:
         reactor = MemoryReactorClock()
         factory = KeepaliveClientFactory(
-            CLIENT, clock=reactor, connectTimeout=3.0, retryPolicy=backoffPolicy(jitter="none")
+            CLIENT, clock=reactor, connectTimeout=3.0, retryPolicy=jitteredBackoff(jitter="none")
         )
         connector = reactor.connectTCP("127.0.0.1", 9000, factory)
         reactor.advance(3.0)

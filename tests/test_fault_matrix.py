@@ -18,7 +18,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall, deferLater
 
 from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol, HeartbeatTimeout
-from twisted_keepalive.backoff import backoffPolicy
+from twisted_keepalive.backoff import jitteredBackoff
 from twisted_keepalive.client import ClientState, KeepaliveClientFactory
 from twisted_keepalive.server import KeepaliveServerFactory
 from twisted_keepalive.testing import FaultProxy
@@ -53,7 +53,7 @@ class Rig:
         self.client = KeepaliveClientFactory(
             HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT),
             servers=[f"127.0.0.1:{self.proxy.listen()}"],
-            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=MAX_DELAY),
+            retryPolicy=jitteredBackoff(initialDelay=0.05, maxDelay=MAX_DELAY),
             stableAfter=0.3,
             connectTimeout=0.5,
         )
@@ -275,7 +275,7 @@ def test_unresolvableHostNameIsReportedAndRetried() -> Any:
     client = KeepaliveClientFactory(
         HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT),
         servers=["no-such-host.invalid:9000"],
-        retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=MAX_DELAY),
+        retryPolicy=jitteredBackoff(initialDelay=0.05, maxDelay=MAX_DELAY),
     )
     try:
         waiter = client.whenConnected(failAfterFailures=3)
@@ -365,7 +365,7 @@ def test_tlsHandshakeFailureThenTrustedTls() -> Any:
         untrusting = KeepaliveClientFactory(
             HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT),
             servers=[f"tls:127.0.0.1:{number}"],
-            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=MAX_DELAY),
+            retryPolicy=jitteredBackoff(initialDelay=0.05, maxDelay=MAX_DELAY),
             connectTimeout=2.0,
         )
         waiter = untrusting.whenConnected(failAfterFailures=2)
@@ -381,7 +381,7 @@ def test_tlsHandshakeFailureThenTrustedTls() -> Any:
         trusting = KeepaliveClientFactory(
             HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT),
             servers=[f"tls:127.0.0.1:{number}:trustRoots={ca}"],
-            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=MAX_DELAY),
+            retryPolicy=jitteredBackoff(initialDelay=0.05, maxDelay=MAX_DELAY),
         )
         trusting.connect()
         protocol = yield trusting.whenConnected()
@@ -418,7 +418,7 @@ def test_refusedThenServerAppears() -> Any:
         servers=[f"127.0.0.1:{number}"],
         # Equal jitter: each wait is between half and all of its delay, so
         # the count of attempts in a second is bounded both ways.
-        retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=MAX_DELAY, jitter="equal"),
+        retryPolicy=jitteredBackoff(initialDelay=0.05, maxDelay=MAX_DELAY, jitter="equal"),
     )
     server = Echo(HeartbeatConfig(interval=1.0, timeout=2.0))
     port = None

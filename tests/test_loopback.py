@@ -93,7 +93,7 @@ def test_failoverWhenPrimaryIsKilled() -> Any:
     (its connections reset, its port closed); the client is on B within the
     backoff bound, with no human action.
     """
-    from twisted_keepalive.backoff import backoffPolicy
+    from twisted_keepalive.backoff import jitteredBackoff
     from twisted_keepalive.client import ClientState, KeepaliveClientFactory
 
     live: list[Watched] = []
@@ -106,7 +106,7 @@ def test_failoverWhenPrimaryIsKilled() -> Any:
     factory = KeepaliveClientFactory(
         HeartbeatConfig(interval=0.1, timeout=0.5),
         servers=[labelA, labelB],
-        retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=maxDelay),
+        retryPolicy=jitteredBackoff(initialDelay=0.2, maxDelay=maxDelay),
         connectTimeout=1.0,
     )
     try:
@@ -147,7 +147,7 @@ class Echo(Watched):
 
 @pytest_twisted.inlineCallbacks
 def test_serverRestartedOnSamePort() -> Any:
-    from twisted_keepalive.backoff import backoffPolicy
+    from twisted_keepalive.backoff import jitteredBackoff
     from twisted_keepalive.client import ClientState, KeepaliveClientFactory
 
     live: list[Watched] = []
@@ -157,7 +157,7 @@ def test_serverRestartedOnSamePort() -> Any:
     factory = KeepaliveClientFactory(
         HeartbeatConfig(interval=0.1, timeout=0.5),
         servers=[f"127.0.0.1:{number}"],
-        retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=0.2),
+        retryPolicy=jitteredBackoff(initialDelay=0.05, maxDelay=0.2),
     )
     states: list[ClientState] = []
     factory.addStateObserver(lambda old, new: states.append(new))
@@ -198,7 +198,7 @@ def test_connectTimeoutAgainstABacklogThatNeverAccepts() -> Any:
     """
     import socket
 
-    from twisted_keepalive.backoff import backoffPolicy
+    from twisted_keepalive.backoff import jitteredBackoff
     from twisted_keepalive.client import GaveUp, KeepaliveClientFactory
 
     listener = socket.socket()
@@ -217,7 +217,7 @@ def test_connectTimeoutAgainstABacklogThatNeverAccepts() -> Any:
         factory = KeepaliveClientFactory(
             HeartbeatConfig(interval=0.1, timeout=0.5),
             servers=[f"127.0.0.1:{port}"],
-            retryPolicy=backoffPolicy(initialDelay=10.0, maxDelay=10.0),
+            retryPolicy=jitteredBackoff(initialDelay=10.0, maxDelay=10.0),
             connectTimeout=0.3,
         )
         started = reactor.seconds()

@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.task import LoopingCall, deferLater
 
 from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol
-from twisted_keepalive.backoff import backoffPolicy
+from twisted_keepalive.backoff import jitteredBackoff
 from twisted_keepalive.client import ClientState, KeepaliveClientFactory
 from twisted_keepalive.server import KeepaliveServerFactory, ServerProtocol
 from twisted_keepalive.testing import FaultProxy
@@ -88,7 +88,7 @@ def test_hundredThousandEachWayThroughHundredDrops() -> Any:
         servers=[f"127.0.0.1:{proxy.listen()}"],
         resume=True,
         queueSize=2 * WINDOW,
-        retryPolicy=backoffPolicy(initialDelay=0.01, maxDelay=0.05),
+        retryPolicy=jitteredBackoff(initialDelay=0.01, maxDelay=0.05),
         connectTimeout=1.0,
         stableAfter=0.2,
     )

@@ -319,8 +319,12 @@ class HardeningOptionsTests(SynchronousTestCase):
     """
 
     def test_tokenFromFile(self) -> None:
-        path = self.mktemp()
-        with open(path, "wb") as f:
+        import os
+        import tempfile
+
+        fd, path = tempfile.mkstemp()
+        self.addCleanup(os.remove, path)
+        with os.fdopen(fd, "wb") as f:
             f.write(b"s3cret\nignored second line\n")
         o = parse("--host", "a:1", "--token-file", path)
         self.assertEqual(o["heartbeat"].token, b"s3cret")

@@ -21,8 +21,9 @@ GROWTHS = ("fixed", "linear", "exponential")
 JITTERS = ("none", "full", "equal", "decorrelated", "proportional")
 
 
-def backoffPolicy(
+def jitteredBackoff(
     growth: str = "exponential",
+    *,
     initialDelay: float = 1.0,
     maxDelay: float = 60.0,
     factor: float = 2.0,
@@ -31,7 +32,10 @@ def backoffPolicy(
     random: Callable[[], float] = _random.random,
 ) -> RetryPolicy:
     """
-    Build a retry policy.
+    Build a retry policy.  (Not named C{backoffPolicy}: Twisted's function
+    of that name takes C{initialDelay, maxDelay, factor} positionally; every
+    argument here but C{growth} is keyword-only, so neither can be mistaken
+    for the other.)
 
     Growth of the base delay C{v(n)}, with C{n = attempt - 1}:
      - C{fixed}: C{initialDelay};
@@ -51,7 +55,7 @@ def backoffPolicy(
     @raise ValueError: for an unknown name or a bad number, with a message
         that says which.
     """
-    if growth not in GROWTHS:
+    if not isinstance(growth, str) or growth not in GROWTHS:
         raise ValueError(f"unknown backoff {growth!r}; choose one of {', '.join(GROWTHS)}")
     if jitter not in JITTERS:
         raise ValueError(f"unknown jitter {jitter!r}; choose one of {', '.join(JITTERS)}")

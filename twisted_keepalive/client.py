@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .backoff import RetryPolicy, backoffPolicy
+from .backoff import RetryPolicy, jitteredBackoff
 from .config import HeartbeatConfig
 from .errors import (
     CloseCode,
@@ -328,12 +328,12 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             return self.retryPolicy(attempt)
         key = (self.initialDelay, self.maxDelay, self.factor, self.jitter)
         if self._derived is None or self._derived[0] != key:
-            policy = backoffPolicy(
+            policy = jitteredBackoff(
                 "exponential",
-                self.initialDelay,
-                self.maxDelay,
-                self.factor,
-                str(self.jitter),
+                initialDelay=self.initialDelay,
+                maxDelay=self.maxDelay,
+                factor=self.factor,
+                jitter=str(self.jitter),
                 random=self.random,
             )
             self._derived = (key, policy)

@@ -19,7 +19,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
-from .backoff import GROWTHS, JITTERS, backoffPolicy
+from .backoff import GROWTHS, JITTERS, jitteredBackoff
 from .config import DEFAULT_MIN_INTERVAL, HeartbeatConfig
 from .frames import DEFAULT_MAX_FRAME, MAX_WIRE_FRAME, MAX_WIRE_SECONDS, MIN_MAX_FRAME
 from .raw import RawHeartbeatConfig, unescape
@@ -552,12 +552,12 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     def retryPolicy(self) -> Any:
-        return backoffPolicy(
+        return jitteredBackoff(
             self["backoff"],
-            self["initial-delay"],
-            self["max-delay"],
-            self["factor"],
-            self["jitter"],
+            initialDelay=self["initial-delay"],
+            maxDelay=self["max-delay"],
+            factor=self["factor"],
+            jitter=self["jitter"],
         )
 
 

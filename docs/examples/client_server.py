@@ -6,7 +6,7 @@ heartbeats, reconnects and queues messages: both on 127.0.0.1.
 from twisted.internet import reactor
 
 from twisted_keepalive import HeartbeatConfig, HeartbeatProtocol
-from twisted_keepalive.backoff import backoffPolicy
+from twisted_keepalive.backoff import jitteredBackoff
 from twisted_keepalive.client import ClientState, KeepaliveClientFactory
 from twisted_keepalive.server import KeepaliveServerFactory
 
@@ -38,7 +38,7 @@ port = reactor.listenTCP(0, server, interface="127.0.0.1")
 
 client = KeepaliveClientFactory(
     HeartbeatConfig(interval=0.2, timeout=0.6, clientId="example"),
-    retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=5.0),
+    retryPolicy=jitteredBackoff(initialDelay=0.5, maxDelay=5.0),
 )
 client.protocol = Client
 client.addStateObserver(stopWhenStopped)

@@ -6,7 +6,7 @@ proxy on 127.0.0.1 resets the link as soon as the first message arrives.
 from twisted.internet import reactor
 
 from twisted_keepalive import HeartbeatConfig
-from twisted_keepalive.backoff import backoffPolicy
+from twisted_keepalive.backoff import jitteredBackoff
 from twisted_keepalive.client import KeepaliveClientFactory
 from twisted_keepalive.server import KeepaliveServerFactory
 from twisted_keepalive.testing import FaultProxy
@@ -40,7 +40,7 @@ client = KeepaliveClientFactory(
     HeartbeatConfig(interval=0.5, timeout=1.5),
     servers=[f"127.0.0.1:{proxy.listen()}"],
     resume=True,  # numbered, acknowledged, replayed after a reconnection
-    retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=0.2),
+    retryPolicy=jitteredBackoff(initialDelay=0.05, maxDelay=0.2),
 )
 for i in range(100):
     client.sendMessage(b"message %d" % i)  # kept until the server acknowledges it
