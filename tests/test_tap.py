@@ -369,3 +369,39 @@ class HardeningOptionsTests(SynchronousTestCase):
     def test_clientBounds(self) -> None:
         c = parse("--host", "a:1", "--max-interval", "60", "--require-pongs")["heartbeat"]
         self.assertEqual((c.maxInterval, c.requirePongs), (60.0, True))
+
+
+class OperatorTests(SynchronousTestCase):
+    def test_versionIsOurs(self) -> None:
+        import contextlib
+        import io
+
+        from twisted_keepalive import __version__
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit) as ctx:
+            parse("--version")
+        self.assertEqual(ctx.exception.code, 0)
+        self.assertTrue(out.getvalue().startswith(f"twisted-keepalive {__version__} (Twisted "))
+
+    def test_heartbeatLinesOnlyWhenVerbose(self) -> None:
+        from typing import cast
+
+        from twisted.logger import ILogObserver, globalLogPublisher
+
+        from twisted_keepalive.service import KeepaliveClientService
+
+        class FakeProtocol:
+            rtt = None
+
+        for args, expected in (((), 0), (("--verbose",), 1)):
+            events: list[dict[str, object]] = []
+            observer = cast(ILogObserver, events.append)
+            globalLogPublisher.addObserver(observer)
+            try:
+                service = KeepaliveClientService(parse("--host", "a:1", *args))
+                service.rttObserved(0.001, FakeProtocol())
+            finally:
+                globalLogPublisher.removeObserver(observer)
+            lines = [e for e in events if "Heartbeat from" in str(e.get("log_format"))]
+            self.assertEqual(len(lines), expected, args)

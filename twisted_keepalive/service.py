@@ -76,14 +76,20 @@ class _Listener(StreamServerEndpointService):
             raise SystemExit(f"keepconn: cannot listen on {self.description}: {why}") from None
 
 
-COUNTERS = ("framesIn", "framesOut", "bytesIn", "bytesOut")
+#: /status key (snake_case, as every key there) -> the engine's counter.
+COUNTERS = {
+    "frames_in": "framesIn",
+    "frames_out": "framesOut",
+    "bytes_in": "bytesIn",
+    "bytes_out": "bytesOut",
+}
 
 
 def _counters(protocol: Any) -> dict[str, int]:
     core = getattr(protocol, "core", None)
     if core is None:
         return {}  # not connected, or a foreign protocol: no frames
-    return {name: getattr(core, name) for name in COUNTERS}
+    return {key: getattr(core, name) for key, name in COUNTERS.items()}
 
 
 class Totals:
@@ -218,7 +224,7 @@ class KeepaliveClientService(Service):
 
     def rttObserved(self, rtt: float, protocol: Any) -> None:
         self.rtt.observe(rtt)
-        if self.pipe is None:
+        if self.pipe is None and self.options["verbose"]:
             srtt = protocol.rtt.srtt if protocol.rtt is not None else None
             log.info(
                 "Heartbeat from {server}: rtt {rtt_ms:.3f} ms (smoothed {srtt_ms:.3f} ms)",
@@ -432,12 +438,12 @@ class _Collector(Collector):
     def collect(self) -> Iterator[Any]:
         status = blockingCallFromThread(reactor, self.service.status)
         frames = CounterMetricFamily("keepalive_frames", "Frames.", labels=["direction"])
-        frames.add_metric(["in"], status["framesIn"])
-        frames.add_metric(["out"], status["framesOut"])
+        frames.add_metric(["in"], status["frames_in"])
+        frames.add_metric(["out"], status["frames_out"])
         yield frames
         sizes = CounterMetricFamily("keepalive_bytes", "Bytes on the wire.", labels=["direction"])
-        sizes.add_metric(["in"], status["bytesIn"])
-        sizes.add_metric(["out"], status["bytesOut"])
+        sizes.add_metric(["in"], status["bytes_in"])
+        sizes.add_metric(["out"], status["bytes_out"])
         yield sizes
         if status["mode"] == "client":
             state = GaugeMetricFamily(

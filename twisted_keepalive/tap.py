@@ -129,6 +129,12 @@ class Options(usage.Options):
 
     optFlags = [
         [
+            "verbose",
+            "v",
+            "Log every heartbeat (one line per PONG, with its RTT); without it the "
+            "log says only what changes.",
+        ],
+        [
             "require-pongs",
             None,
             "Client: the server is alive only while it answers PINGs: ping every "
@@ -375,6 +381,21 @@ class Options(usage.Options):
         super().__init__()
         self["hosts"] = []
         self["connect"] = []
+
+    def opt_version(self) -> None:
+        """Print this plugin's version (and Twisted's, and Python's), then exit."""
+        import platform
+        import sys
+
+        from twisted import version as twistedVersion
+
+        from . import __version__
+
+        print(
+            f"twisted-keepalive {__version__} (Twisted {twistedVersion.short()}, "
+            f"Python {platform.python_version()})"
+        )
+        sys.exit(0)
 
     def opt_host(self, value: str) -> None:
         """Client: server as HOST or HOST:PORT ([v6]:PORT); repeat for failover, in order."""
