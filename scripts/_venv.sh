@@ -10,9 +10,9 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.installed" 2>/dev/null)" != "
   {
     python3 -m venv "$VENV" &&
     "$VENV/bin/python" -m pip install --upgrade pip &&
-    # compat mode: a plain path entry. The default (strict) editable finder
-    # maps our twisted/plugins and so hides the real twisted package.
-    "$VENV/bin/python" -m pip install -e ".[test,dev]" --config-settings editable_mode=compat
+    # setup.cfg makes editable installs a plain path entry, so that
+    # Twisted's plugin scan finds twisted/plugins (scripts/check-packaging).
+    "$VENV/bin/python" -m pip install -e ".[test,dev]"
   } > "$VENV.setup.log" 2>&1 || { cat "$VENV.setup.log" >&2; echo "Setup failed." >&2; exit 1; }
   echo "$want" > "$VENV/.installed"
 fi
