@@ -6,13 +6,13 @@ timeout, failover, CLOSE hints, whenConnected, state, stopTrying, queue.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol, ReconnectingClientFactory
+from twisted.internet.protocol import Factory, Protocol, ReconnectingClientFactory, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -562,3 +562,76 @@ class ConnectorModeTests(ClockTestCase):
         self.assertEqual(factory.heartbeatTimeouts, 1)
         self.assertIsInstance(protocol.closeReason.value, HeartbeatTimeout)
         factory.stopTrying()
+
+
+class TwistedHabitsTests(FactoryTestCase):
+    """
+    Ordinary Twisted code must not turn reconnection off.
+    """
+
+    def test_subclassForgettingSuperStillReconnects(self) -> None:
+        from twisted_keepalive import HeartbeatProtocol
+
+        events: list[str] = []
+
+        class Forgetful(HeartbeatProtocol):
+            def connectionMade(self) -> None:
+                events.append("made")  # no super()
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                events.append("lost")  # no super()
+
+        from twisted.logger import ILogObserver, globalLogPublisher
+
+        logged: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, logged.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        a = self.server("a")
+        factory = self.makeFactory(a)
+        factory.protocol = Forgetful
+        factory.connect()
+        self.assertEqual(factory.state.value, "connected")  # the heartbeat was started anyway
+        a.drop()
+        self.assertEqual(factory.state.value, "waiting")  # the loss was heard
+        self.advance(1.0)
+        self.assertEqual(factory.state.value, "connected")
+        self.assertEqual(len(a.attempts), 2)
+        self.assertEqual(events, ["made", "lost", "made"])
+        said = [e for e in logged if "does not call HeartbeatProtocol" in str(e.get("log_format"))]
+        self.assertEqual({e["method"] for e in said}, {"connectionMade", "connectionLost"})
+
+    def test_whenConnectedNeverGivesAClosingProtocol(self) -> None:
+        a = self.server("a")
+        factory = self.makeFactory(a)
+        factory.connect()
+        first = self.successResultOf(factory.whenConnected())
+        server = a.servers[-1]
+        # The server's CLOSE is read; the connection is not lost yet.
+        server.close(CloseCode.GOING_AWAY, "bye", retryAfter=1.0)
+        pair = a.pairs[-1]
+        first.dataReceived(pair.serverTransport.value())
+        pair.serverTransport.clear()
+        self.assertFalse(first.isOpen)
+        waiting = factory.whenConnected()
+        self.assertNoResult(waiting)
+        pair.pump()
+        self.advance(1.5)
+        second = self.successResultOf(waiting)
+        self.assertIsNot(second, first)
+        self.assertTrue(second.isOpen)
+
+    def test_whenReadyForClientService(self) -> None:
+        from twisted_keepalive import HeartbeatProtocol
+
+        a = self.server("a")
+        factory = self.makeFactory(a)
+        factory.connect()
+        protocol = self.successResultOf(factory.whenConnected())
+        self.assertIs(self.successResultOf(protocol.whenReady()), protocol)
+        fresh = HeartbeatProtocol(CLIENT, role=Role.CLIENT, clock=self.clock)
+        fresh.makeConnection(StringTransport())
+        ready = fresh.whenReady()
+        self.assertNoResult(ready)
+        fresh.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(ready, ConnectionDone)

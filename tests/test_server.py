@@ -345,3 +345,21 @@ class ShutdownTests(ServerTestCase):
 
     def test_emptyServerShutsDownAtOnce(self) -> None:
         self.successResultOf(self.makeFactory().shutdown())
+
+
+class MemoryPairFactoryTests(ClockTestCase):
+    def test_fromFactoriesRegistersTheConnection(self) -> None:
+        from twisted.internet.protocol import ClientFactory
+
+        server = KeepaliveServerFactory(SERVER, clock=self.clock)
+        client = ClientFactory.forProtocol(HeartbeatProtocol)
+        client.heartbeatConfig = HeartbeatConfig(interval=1.0, timeout=3.0, clientId="c1")
+        client.clock = self.clock
+        pair = MemoryPair.fromFactories(client, server, self.clock)
+        self.assertIsNotNone(server.get("c1"))
+        self.assertEqual(server.established, 1)
+        pair.client.sendMessage(b"x")
+        pair.clientTransport.loseConnection()
+        pair.pump()
+        self.assertIsNone(server.get("c1"))
+        server.idleSweeper.stop()

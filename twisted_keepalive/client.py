@@ -485,11 +485,16 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         if self._handshakes > 1:
             self.reconnects += 1
         self._stableCall = self._clock.callLater(self.stableAfter, self._stable)
-        self.log.info(
-            "Connected to {server} (attempt {attempts})",
-            server=self.currentServer,
-            attempts=self.attempts,
-        )
+        if self._drivesConnections:
+            self.log.info(
+                "Connected to {server} (attempt {attempts})",
+                server=self.currentServer,
+                attempts=self.attempts,
+            )
+        else:
+            # Someone else connects (ClientService, endpoint.connect(factory)).
+            self.currentServer = protocol.peer
+            self.log.info("Connected to {server}", server=self.currentServer)
         while self.queue and protocol.isOpen:
             message, receipt = self.queue.popleft(), self._queueReceipts.popleft()
             self._sendOn(protocol, message, receipt)
@@ -531,6 +536,11 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         self.log.info(
             "Lost connection to {server}: {reason}", server=self.currentServer, reason=reason.value
         )
+        if not self._drivesConnections:
+            # ClientService (or the application) reconnects, not us: say
+            # so in the state instead of claiming a connection.
+            self._setState(ClientState.IDLE)
+            return
         self._pass = []
         if hint == 0 and self.servers is not None and not self._jumped:
             # "Go elsewhere now": the other servers, at once; but only once
@@ -542,6 +552,11 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
             self._pass = [(self._lastIndex + i) % count for i in range(1, count)]
         if self.servers is not None:
             self._scheduleRetry()
+
+    @property
+    def _drivesConnections(self) -> bool:
+        """Whether this factory makes its own attempts (servers, or a connector)."""
+        return self.servers is not None or self.connector is not None
 
     def _connectionFailed(
         self, reason: Failure, hint: float | None = None, schedule: bool = True
@@ -610,7 +625,11 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         consecutive failed passes have happened; it fails with
         L{CancelledError} if the factory is stopped first.
         """
-        if self.state is ClientState.CONNECTED and self.connected is not None:
+        if (
+            self.state is ClientState.CONNECTED
+            and self.connected is not None
+            and self.connected.isOpen  # not one closing (a CLOSE received, not yet lost)
+        ):
             return succeed(self.connected)
         if self.state is ClientState.STOPPED:
             return fail(CancelledError("the factory is stopped"))

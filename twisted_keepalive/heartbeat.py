@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -94,6 +94,21 @@ def describePeer(transport: Any) -> str:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     except Exception:
         return "unknown peer"
+
+
+_warnedForgotSuper: set[tuple[type, str]] = set()
+
+
+def _forgotSuper(cls: type, method: str) -> None:
+    if (cls, method) in _warnedForgotSuper:
+        return
+    _warnedForgotSuper.add((cls, method))
+    HeartbeatProtocol.log.error(
+        "{cls}.{method} does not call HeartbeatProtocol.{method}; called it for you "
+        "(heartbeats and reconnection need it): add super().{method}(...)",
+        cls=f"{cls.__module__}.{cls.__qualname__}",
+        method=method,
+    )
 
 
 def fireReceipts(session: Session) -> None:
@@ -202,6 +217,8 @@ class HeartbeatProtocol(Protocol):
         self._elastic = False
         self._readingPaused = False
         self._savedTimeout: float | None = None
+        self._lost = False
+        self._readyWaiters: list[Deferred[HeartbeatProtocol]] = []
 
     # Settings
 
@@ -226,6 +243,49 @@ class HeartbeatProtocol(Protocol):
         return self._role
 
     # Twisted's protocol interface
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Twisted's entry point, kept robust to a habit: a subclass that
+        overrides C{connectionMade} or C{connectionLost} and forgets to call
+        this class's version would leave the heartbeat off or its factory
+        waiting for a loss it never hears of (no reconnection).  Both are
+        caught here: the missing call is made, and logged once as the bug
+        it is.
+        """
+        cls = type(self)
+        if cls.connectionLost is not HeartbeatProtocol.connectionLost:
+            overridden = self.connectionLost
+
+            def connectionLost(reason: Failure = connectionDone) -> None:
+                try:
+                    overridden(reason)
+                finally:
+                    if not self._lost:
+                        _forgotSuper(cls, "connectionLost")
+                        HeartbeatProtocol.connectionLost(self, reason)
+
+            self.connectionLost = connectionLost  # type: ignore[method-assign]
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
+        if self.core is None and self.transport is not None:
+            _forgotSuper(cls, "connectionMade")
+            HeartbeatProtocol.connectionMade(self)
+
+    def whenReady(self) -> Deferred[HeartbeatProtocol]:
+        """
+        A Deferred that fires with this protocol once its handshake is
+        complete (at once if it is), or fails with the reason the
+        connection ended first.  For C{ClientService}'s
+        C{prepareConnection}, so that its C{whenConnected} fires only when
+        L{sendMessage} can be called.
+        """
+        if self.isOpen:
+            return succeed(self)
+        if self._lost:
+            return fail(self.closeReason or Failure(LocalProtocolError("connection ended")))
+        d: Deferred[HeartbeatProtocol] = Deferred()
+        self._readyWaiters.append(d)
+        return d
 
     def connectionMade(self) -> None:
         config = self.config
@@ -316,6 +376,9 @@ class HeartbeatProtocol(Protocol):
                 return
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._lost:
+            return
+        self._lost = True
         self._cancelTimers()
         self._releaseOutput()
         if self.core is not None:
@@ -331,6 +394,9 @@ class HeartbeatProtocol(Protocol):
         if notify is not None:
             notify(self, reason)
         self._dropBuffers()
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            d.errback(reason)
 
     def _dropBuffers(self) -> None:
         """
@@ -829,6 +895,9 @@ class HeartbeatProtocol(Protocol):
         if notify is not None:
             notify(self)
         self.handshakeCompleted()
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            d.callback(self)
 
     def _peerClosed(self, event: CloseReceived) -> None:
         self._reason = PeerClosed(event.code, event.reason, event.retryAfter)

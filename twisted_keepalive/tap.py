@@ -387,7 +387,7 @@ class Options(usage.Options):
         import platform
         import sys
 
-        from twisted import version as twistedVersion
+        from twisted._version import __version__ as twistedVersion
 
         from . import __version__
 

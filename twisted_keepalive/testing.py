@@ -6,6 +6,8 @@ a fault-injecting TCP proxy on loopback for real-socket tests.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.protocol import Protocol
@@ -39,6 +41,21 @@ class MemoryPair:
         self.clientToServer = True
         self.serverToClient = True
         self.closed = False
+
+    @classmethod
+    def fromFactories(
+        cls, clientFactory: Any, serverFactory: Any, clock: Clock | None = None
+    ) -> MemoryPair:
+        """
+        A connected pair whose protocols come from the factories'
+        C{buildProtocol}, as a real connection's do: a
+        L{KeepaliveServerFactory} registers the connection (its registry,
+        limits, sessions), a client factory tracks it.  Both factories
+        should share C{clock}.
+        """
+        client = clientFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9000))
+        server = serverFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        return cls(client, server, clock).connect()
 
     def connect(self) -> MemoryPair:
         """
