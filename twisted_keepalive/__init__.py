@@ -30,6 +30,7 @@ from .raw import RawHeartbeatConfig, RawHeartbeatProtocol
 from .server import ConnectionInfo, DisconnectReason, KeepaliveServerFactory, ServerProtocol
 from .session import Overflow, QueueFull, Session
 from .tcp import TCPKeepalive
+from .wrap import KeepaliveEndpoint, KeepaliveWrapper, KeepaliveWrappingFactory
 
 __version__ = "0.1.0"
 
@@ -50,7 +51,10 @@ __all__ = [
     "KeepaliveClientFactory",
     "KeepaliveConnection",
     "KeepaliveError",
+    "KeepaliveEndpoint",
     "KeepaliveServerFactory",
+    "KeepaliveWrapper",
+    "KeepaliveWrappingFactory",
     "LocalProtocolError",
     "MemoryBudget",
     "MessageDropped",
