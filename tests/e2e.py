@@ -66,14 +66,26 @@ class Processes:
         self.all: list[Twistd] = []
         self.dir = tempfile.mkdtemp(prefix="keepconn-e2e-")
 
-    def start(self, name: str, *args: str, logfile: bool = False, childFDs: Any = None) -> Twistd:
+    def start(
+        self,
+        name: str,
+        *args: str,
+        logfile: bool = False,
+        childFDs: Any = None,
+        env: dict[str, str] | None = None,
+    ) -> Twistd:
         process = Twistd(name)
         argv = [TWISTD, "-n", "--pidfile="]
         if logfile:
             argv.append(f"--logfile={os.path.join(self.dir, name + '.log')}")
         argv += ["keepconn", *args]
         reactor.spawnProcess(
-            process, TWISTD, argv, env=dict(os.environ), path=self.dir, childFDs=childFDs
+            process,
+            TWISTD,
+            argv,
+            env={**os.environ, **(env or {})},
+            path=self.dir,
+            childFDs=childFDs,
         )
         self.all.append(process)
         return process

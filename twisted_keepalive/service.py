@@ -31,12 +31,15 @@ from .heartbeat import HeartbeatProtocol
 from .raw import RawHeartbeatProtocol
 from .server import DisconnectReason, KeepaliveServerFactory, ServerProtocol
 from .stdio import EXIT_GAVE_UP, StdioPipe, exitStatus
+from .systemd import SystemdNotifier
 
 if TYPE_CHECKING:
     from .tap import Options
 
 reactor: Any = _reactor
 log = Logger()
+#: READY=1, WATCHDOG=1 and STOPPING=1 for systemd (Type=notify), if it listens.
+systemd = SystemdNotifier(reactor)
 
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -190,6 +193,7 @@ class KeepaliveClientService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        systemd.stopping()
         self._stopping = True
         if self.pipe is not None:
             self.pipe.cancel()
@@ -212,6 +216,15 @@ class KeepaliveClientService(Service):
             self.pipe.deliver(message)
 
     def _stateChanged(self, old: ClientState, new: ClientState) -> None:
+        if new is ClientState.CONNECTED:
+            # Ready once connected; systemd's STATUS says where, later.
+            where = f"connected to {self.factory.currentServer}"
+            if systemd.ready:
+                systemd.status(where)
+            else:
+                systemd.markReady(where)
+        elif old is ClientState.CONNECTED and systemd.ready:
+            systemd.status(f"{new.value}: {self.factory.lastError}")
         if new is ClientState.CONNECTED and self.pipe is not None:
             self.pipe.connectionReady()
         elif new is ClientState.STOPPED and not self._stopping:
@@ -316,7 +329,12 @@ class KeepaliveServerService(_Listener):
         )
         super().__init__(options["listen"], self.factory)
 
+    def startService(self) -> None:
+        super().startService()  # listening by now (privilegedStartService)
+        systemd.markReady(f"listening on {self.options['listen']}")
+
     def stopService(self) -> Deferred[Any]:
+        systemd.stopping()
         stopped = super().stopService()  # stop accepting first
         shutdown = self.factory.shutdown(timeout=self.options["shutdown-timeout"])
         return DeferredList([d for d in (stopped, shutdown) if d is not None])
