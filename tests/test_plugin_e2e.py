@@ -16,6 +16,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 
+from twisted_keepalive import __version__
+
 from .e2e import (
     FAST_CLIENT,
     Processes,
@@ -69,6 +71,8 @@ def test_connectStatusMetricsKillRestartAndSigterm() -> Any:
             assert wanted in families
             assert "keepalive_rtt_seconds" in families
             assert "keepalive_frames" in families
+            assert families["keepalive_build_info"].samples[0].labels["version"] == __version__
+            assert "process_resident_memory_bytes" in families
 
         # SIGKILL the server, restart it on the same port: the client is back.
         srv.signal("KILL")

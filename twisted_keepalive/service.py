@@ -10,7 +10,13 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from twisted.application.internet import StreamServerEndpointService
@@ -52,6 +58,16 @@ def metricsRegistry(service: Any, rttHelp: str) -> tuple[CollectorRegistry, Hist
     registry = CollectorRegistry()
     rtt = Histogram("keepalive_rtt_seconds", rttHelp, buckets=RTT_BUCKETS, registry=registry)
     registry.register(_Collector(service))
+    # The process (CPU, memory, file descriptors) and what is running.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    from twisted import __version__ as twistedVersion
+
+    from . import __version__
+
+    Info("keepalive_build", "Versions running.", registry=registry).info(
+        {"version": __version__, "twisted": twistedVersion, "mode": service.mode}
+    )
     return registry, rtt
 
 
@@ -356,6 +372,7 @@ class KeepaliveServerService(_Listener):
             "evictions": f.evictions,
             "disconnects": {reason.value: n for reason, n in f.counts.items() if n},
             "sessions": len(f.sessions),
+            "unacknowledged": sum(len(s) for s in f.sessions.values()),
             "sessions_resumed": f.sessionsResumed,
             "sessions_expired": f.sessionsExpired,
             "slow_consumers": f.slowConsumers,
@@ -524,6 +541,11 @@ class _Collector(Collector):
             yield gone
             yield GaugeMetricFamily(
                 "keepalive_server_sessions", "Sessions kept (live or in grace).", status["sessions"]
+            )
+            yield GaugeMetricFamily(
+                "keepalive_server_unacknowledged_messages",
+                "Messages to clients kept in sessions until acknowledged.",
+                status["unacknowledged"],
             )
             yield CounterMetricFamily(
                 "keepalive_server_sessions_expired",
