@@ -22,6 +22,7 @@ EXPECTED_OUTPUT = {
     "raw_keepalive.py": "2 replies matched",
     "resume.py": "server got each message once, in order: True",
     "testing_pair.py": "dead peer detected after 3.0 s",
+    "testing_client.py": "reconnection tests passed",
 }
 
 
@@ -45,6 +46,22 @@ class GuideTests(SynchronousTestCase):
             )
             self.assertEqual(result.returncode, 0, f"{path.name}: {result.stderr}")
             self.assertIn(EXPECTED_OUTPUT[path.name], result.stdout, path.name)
+
+    def test_clientTestingExampleUnderTrialAndPytest(self) -> None:
+        example = str(ROOT / "docs" / "examples" / "testing_client.py")
+        for runner, passed in (
+            (["-m", "twisted.trial", "--temp-directory", "/tmp/_trial_docs"], "PASSED"),
+            (["-m", "pytest", "-q", "-p", "no:cacheprovider"], "2 passed"),
+        ):
+            result = subprocess.run(
+                [sys.executable, *runner, example],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=ROOT / "docs" / "examples",
+            )
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            self.assertIn(passed, result.stdout + result.stderr, runner)
 
 
 class OperationsPageTests(SynchronousTestCase):

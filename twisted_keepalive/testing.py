@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -116,4 +116,69 @@ class MemoryPair:
         return True
 
 
-__all__ = ["Direction", "FaultProxy", "MemoryPair"]
+class FakeNetwork:
+    """
+    The network as a client factory sees it, on a
+    L{twisted.internet.testing.MemoryReactorClock}: every connection
+    attempt it makes (C{connectTCP}, or an endpoint over it) waits for the
+    test's answer, in order: L{accept} joins it in memory to a protocol of
+    a server factory, L{refuse} fails it, L{ignore} leaves it to the
+    connect timeout.  With L{advance}, backoff, failover and retry-after
+    hints are tested exactly, without a socket.
+
+    @ivar pairs: the L{MemoryPair} of every accepted connection.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.pairs: list[MemoryPair] = []
+        self._answered = 0
+
+    @property
+    def pending(self) -> list[str]:
+        """C{host:port} of each attempt waiting for an answer, oldest first."""
+        return [f"{c[0]}:{c[1]}" for c in self.reactor.tcpClients[self._answered :]]
+
+    def _next(self) -> tuple[str, int, Any, Any]:
+        clients = self.reactor.tcpClients
+        while self._answered < len(clients):
+            index = self._answered
+            self._answered += 1
+            connector = self.reactor.connectors[index]
+            if not connector.stoppedConnecting:  # not cancelled by a timeout
+                host, port, factory = clients[index][:3]
+                return host, port, factory, connector
+        raise AssertionError("no connection attempt is waiting")
+
+    def accept(self, serverFactory: Any) -> MemoryPair:
+        """
+        The oldest waiting attempt connects to a protocol of
+        C{serverFactory} (its C{buildProtocol}, so it registers it).
+        """
+        host, port, factory, _ = self._next()
+        client = factory.buildProtocol(IPv4Address("TCP", host, port))
+        server = serverFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        pair = MemoryPair(client, server, self.reactor).connect()
+        self.pairs.append(pair)
+        return pair
+
+    def refuse(self) -> None:
+        """The oldest waiting attempt is refused (connection refused)."""
+        _, _, factory, connector = self._next()
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+
+    def ignore(self) -> None:
+        """The oldest waiting attempt gets no answer: the connect timeout decides."""
+        self._next()
+
+    def advance(self, seconds: float, step: float = 0.125) -> None:
+        """Let time pass in small steps, carrying bytes on every connection."""
+        while seconds > 1e-12:
+            delta = min(step, seconds)
+            self.reactor.advance(delta)
+            seconds -= delta
+            for pair in self.pairs:
+                pair.pump()
+
+
+__all__ = ["Direction", "FakeNetwork", "FaultProxy", "MemoryPair"]
