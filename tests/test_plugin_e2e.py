@@ -167,3 +167,35 @@ def test_portInUseIsOneLineAndNonZero() -> Any:
     finally:
         busy.close()
         yield procs.cleanup()
+
+
+@pytest_twisted.inlineCallbacks
+def test_tacExampleBuildsTheServicesFromCode() -> Any:
+    """docs/examples/keepconn.tac under twistd -ny: server, client, status."""
+    import os
+
+    from twisted.internet.protocol import ProcessProtocol
+
+    from .e2e import TWISTD, Twistd, listening
+
+    port, statusPort = freePort(), freePort()
+    tac = os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "keepconn.tac")
+    process = Twistd("tac")
+    assert isinstance(process, ProcessProtocol)
+    env = {**os.environ, "KEEPCONN_PORT": str(port), "KEEPCONN_STATUS": str(statusPort)}
+    reactor.spawnProcess(
+        process, TWISTD, [TWISTD, "--pidfile=", "-ny", os.path.abspath(tac)], env=env
+    )
+    try:
+        yield waitFor(listening(statusPort), 20, "the tac's server")
+
+        @pytest_twisted.inlineCallbacks
+        def clientIn() -> Any:
+            s = yield status(statusPort)
+            return [c["client_id"] for c in s["connections"]] == ["from-a-tac"]
+
+        yield waitFor(clientIn, 10, "the tac's client")
+    finally:
+        process.signal("TERM")
+        code = yield process.ended
+    assert code == 0, process.err.decode()[-2000:]

@@ -363,3 +363,25 @@ class MemoryPairFactoryTests(ClockTestCase):
         pair.pump()
         self.assertIsNone(server.get("c1"))
         server.idleSweeper.stop()
+
+
+class CollectorTests(ClockTestCase):
+    def test_applicationRegistersTheCollector(self) -> None:
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from twisted_keepalive.metrics import StatusCollector
+        from twisted_keepalive.status import serverStatus
+
+        server = KeepaliveServerFactory(SERVER, clock=self.clock)
+        registry = CollectorRegistry()  # the application's own
+        registry.register(StatusCollector(lambda: serverStatus(server)))
+        client = HeartbeatProtocol(
+            HeartbeatConfig(interval=1.0, timeout=3.0), role=Role.CLIENT, clock=self.clock
+        )
+        pair = MemoryPair(client, server.buildProtocol(None), self.clock).connect()
+        text = generate_latest(registry).decode()
+        self.assertIn("keepalive_server_connections 1.0", text)
+        self.assertIn("keepalive_server_memory_budget_bytes 2.68435456e+08", text)
+        pair.clientTransport.loseConnection()
+        pair.pump()
+        server.idleSweeper.stop()

@@ -12,12 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_keepalive import TCPKeepalive
 from twisted_keepalive.client import KeepaliveClientFactory
 from twisted_keepalive.raw import RawHeartbeatConfig
-from twisted_keepalive.service import (
-    GracefulSignals,
-    KeepaliveClientService,
-    KeepaliveServerService,
-    StatusService,
-)
+from twisted_keepalive.service import KeepaliveClientService, KeepaliveServerService
+from twisted_keepalive.signals import GracefulSignals
+from twisted_keepalive.status import StatusService
 from twisted_keepalive.tap import Options, makeService
 
 
@@ -389,8 +386,6 @@ class OperatorTests(SynchronousTestCase):
 
         from twisted.logger import ILogObserver, globalLogPublisher
 
-        from twisted_keepalive.service import KeepaliveClientService
-
         class FakeProtocol:
             rtt = None
 
@@ -399,7 +394,7 @@ class OperatorTests(SynchronousTestCase):
             observer = cast(ILogObserver, events.append)
             globalLogPublisher.addObserver(observer)
             try:
-                service = KeepaliveClientService(parse("--host", "a:1", *args))
+                service = makeService(parse("--host", "a:1", *args)).services[1]
                 service.rttObserved(0.001, FakeProtocol())
             finally:
                 globalLogPublisher.removeObserver(observer)

@@ -601,21 +601,42 @@ def loopbackByDefault(description: str) -> str:
 def makeService(options: Options) -> IService:
     """
     Build the client or server service (and the status endpoint) that the
-    options describe.
+    options describe: this module only translates options into arguments.
     """
-    from .service import (
-        GracefulSignals,
-        KeepaliveClientService,
-        KeepaliveServerService,
-        StatusService,
-    )
+    from .service import KeepaliveClientService, KeepaliveServerService
+    from .signals import GracefulSignals
+    from .status import StatusService
 
     top = MultiService()
     GracefulSignals().setServiceParent(top)
     if options["listen"]:
-        main: Any = KeepaliveServerService(options)
+        grace = options["session-grace"]
+        main: Any = KeepaliveServerService(
+            options["listen"],
+            options["heartbeat"],
+            mode=options["mode"],
+            maxConnections=options["max-connections"],
+            sessionGrace=grace if grace > 0 else None,
+            sessionBuffer=options["session-buffer"],
+            maxHandshaking=options["max-handshaking"],
+            maxSessions=options["max-sessions"],
+            memoryBudget=options["memory-budget"],
+            shutdownTimeout=options["shutdown-timeout"],
+        )
     else:
-        main = KeepaliveClientService(options)
+        main = KeepaliveClientService(
+            options["heartbeat"],
+            options["servers"],
+            retryPolicy=options.retryPolicy(),
+            failover=options["failover"],
+            stableAfter=options["reset-after"],
+            connectTimeout=options["connect-timeout"],
+            maxRetries=options["max-retries"],
+            queueSize=options["queue-size"],
+            stdio=bool(options["stdio"]),
+            raw=options["raw"],
+            verbose=bool(options["verbose"]),
+        )
     main.setServiceParent(top)
     if options["status"] is not None:
         StatusService(options["status"], main).setServiceParent(top)
