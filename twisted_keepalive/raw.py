@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -30,6 +31,22 @@ from .timer import IdleTimer
 
 #: How much recent input is kept to match the reply pattern against.
 MATCH_WINDOW = 4096
+
+
+def abortSilent(protocol: Any, liveness: Liveness, now: float, timeout: float) -> HeartbeatTimeout:
+    """
+    The peer of C{protocol} (a raw or wrapping heartbeat) was silent past
+    C{timeout}: say so in one line and abort; the reason to report.
+    """
+    silence = liveness.silence(now)
+    protocol.log.warn(
+        "No data from {peer} for {silence:.3f}s (timeout {timeout}s); aborting",
+        peer=protocol.peer,
+        silence=silence,
+        timeout=timeout,
+    )
+    protocol.transport.abortConnection()
+    return HeartbeatTimeout(silence, timeout)
 
 
 def unescape(text: str) -> bytes:
@@ -202,16 +219,7 @@ class RawHeartbeatProtocol(Protocol):
     def _onTimer(self, now: float) -> bool:
         verdict = self.liveness.check(now)
         if verdict is Verdict.DEAD:
-            silence = self.liveness.silence(now)
-            timeout = self.rawConfig.timeout
-            self.log.warn(
-                "No data from {peer} for {silence:.3f}s (timeout {timeout}s); aborting",
-                peer=self.peer,
-                silence=silence,
-                timeout=timeout,
-            )
-            self._reason = HeartbeatTimeout(silence, timeout)
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._reason = abortSilent(self, self.liveness, now, self.rawConfig.timeout)
             return False
         if verdict is Verdict.PING:
             self.transport.write(self.rawConfig.ping)  # type: ignore[union-attr]

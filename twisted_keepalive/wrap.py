@@ -41,9 +41,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import HeartbeatTimeout
 from .heartbeat import describePeer, maybeGlobalReactor
 from .liveness import Liveness, Verdict
+from .raw import abortSilent
 from .rtt import RTTEstimator
 from .timer import IdleTimer
 
@@ -138,16 +138,7 @@ class KeepaliveWrapper(ProtocolWrapper):
     def _onTimer(self, now: float) -> bool:
         verdict = self.liveness.check(now)
         if verdict is Verdict.DEAD:
-            silence = self.liveness.silence(now)
-            timeout = self.factory.timeout
-            self.log.warn(
-                "No data from {peer} for {silence:.3f}s (timeout {timeout}s); aborting",
-                peer=self.peer,
-                silence=silence,
-                timeout=timeout,
-            )
-            self._reason = HeartbeatTimeout(silence, timeout)
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._reason = abortSilent(self, self.liveness, now, self.factory.timeout)
             return False
         if verdict is Verdict.PING:
             self.liveness.pingSent(now)  # due again in an interval, sent or not
