@@ -51,7 +51,7 @@ MAX_WIRE_FRAME = 0xFFFFFFFF
 _HEADER = struct.Struct(">IBB")
 _LENGTH = struct.Struct(">I")
 #: Reads kept apart before they are gathered into one buffer (see feed).
-_MAX_CHUNKS = 16
+_MAX_CHUNKS = 4
 #: ...when they average less than this many bytes.
 _SMALL_CHUNK = 1024
 #: A frame this small gets its whole buffer at once when trickled.
