@@ -12,7 +12,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
+from collections.abc import Generator
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from .e2e import freePort
 
@@ -31,7 +37,7 @@ def redisBinary() -> str | None:
 
 class RedisServer:
     """
-    One redis-server process; C{stop} kills it (after a SIGCONT, in case a
+    One redis-server process, made with L{start}; C{stop} kills it (after a SIGCONT, in case a
     test froze it) and reaps it.
     """
 
@@ -59,19 +65,30 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    @classmethod
+    @inlineCallbacks
+    def start(cls, *extra: str) -> Generator[Deferred[Any], Any, RedisServer]:
+        """
+        Start one and wait, without blocking the reactor, until it answers
+        PING (each try in a thread, the waits on the reactor's clock).
+        """
+        server = cls(*extra)
+        deadline = reactor.seconds() + 10
+        while not (yield deferToThread(server._answers)):
+            if reactor.seconds() > deadline or server.process.poll() is not None:
+                server.stop()
                 raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
+            yield deferLater(reactor, 0.05, lambda: None)
+        return server
 
     def freeze(self) -> None:
         self.process.send_signal(signal.SIGSTOP)

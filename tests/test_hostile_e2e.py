@@ -139,9 +139,10 @@ def test_sessionsWithFullBuffersStayWithinTheBudget() -> Any:
             for i in range(40):
                 sock = connect(port)
                 sock.sendall(hello(f"c{i}", session=os.urandom(16), received=0))
-                # Echoed back into the session, never acknowledged, never read.
+                # Echoed back into the session, never acknowledged; read only
+                # until the first echo shows the server has the data.
                 sock.sendall(b"".join(encodeSequenced(n + 1, chunk) for n in range(100)))
-                time.sleep(0.05)
+                readFrames(sock, lambda f: len(f) >= 2, 5.0)
                 sock.close()
 
         yield deferToThread(attack)
@@ -294,22 +295,20 @@ def test_slowlorisCannotKeepAClientOut() -> Any:
         attack = deferToThread(silent)
         yield sleep(1.5)
 
-        def legitimate() -> tuple[int, int]:
-            ok = 0
-            for i in range(20):
-                try:
-                    sock = connect(port, timeout=3.0)
-                    sock.sendall(hello(f"real{i}"))
-                    frames = readFrames(sock, lambda f: len(f) >= 1, 3.0)
-                    if frames and isinstance(frames[0], Hello):
-                        ok += 1
-                    sock.close()
-                except OSError:
-                    pass
-                time.sleep(0.2)
-            return ok, 20
+        def legitimate(i: int) -> bool:
+            try:
+                sock = connect(port, timeout=3.0)
+                sock.sendall(hello(f"real{i}"))
+                frames = readFrames(sock, lambda f: len(f) >= 1, 3.0)
+                sock.close()
+            except OSError:
+                return False
+            return bool(frames) and isinstance(frames[0], Hello)
 
-        ok, tries = yield deferToThread(legitimate)
+        ok, tries = 0, 20
+        for i in range(tries):
+            ok += yield deferToThread(legitimate, i)
+            yield sleep(0.2)
         s = yield status(sp)
         stop["now"] = True
         opened = yield attack
@@ -445,28 +444,47 @@ def test_broadcastIntoClientsThatNeverReadStaysWithinTheBudget() -> Any:
         yield waitFor(listening(sp), 20, "the server")
         before = rss(proc)
 
-        def attack() -> None:
-            readers = []
+        readers: list[socket.socket] = []
+
+        def connectReaders() -> None:
             for i in range(100):
                 sock = socket.socket()
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.connect(("127.0.0.1", port))
                 sock.sendall(hello(f"r{i}", version=1))
                 readers.append(sock)  # never read again (the HELLO stays unread too)
-            time.sleep(0.5)
+
+        def broadcast() -> socket.socket:
             sender = connect(port)
             sender.sendall(hello("sender", version=1))
             readFrames(sender, lambda f: len(f) >= 1)
             for _ in range(80):
                 sender.sendall(encodeData(b"b" * 65_000))
-            time.sleep(2.0)
-            sender.close()
-            for sock in readers:
-                sock.close()
+            return sender
 
-        yield deferToThread(attack)
-        s = yield status(sp)
-        grown = rss(proc) - before
+        def counted(check: Any) -> Any:
+            @pytest_twisted.inlineCallbacks
+            def poll() -> Any:
+                return check((yield status(sp)))
+
+            return poll
+
+        sender = None
+        try:
+            yield deferToThread(connectReaders)
+            # Conditions, not delays: a busy machine takes longer.
+            yield waitFor(counted(lambda s: len(s["connections"]) == 100), 20, "100 readers")
+            sender = yield deferToThread(broadcast)
+            yield waitFor(
+                counted(lambda s: s["disconnects"].get("slow-consumer", 0) >= 90),
+                20,
+                "the non-readers dropped",
+            )
+            s = yield status(sp)
+            grown = rss(proc) - before
+        finally:
+            for sock in [*readers, *([sender] if sender is not None else [])]:
+                sock.close()
         report(
             "5 MB broadcast into 100 clients that never read, --memory-budget 32M",
             rss_growth_mib=round(grown / 2**20, 1),

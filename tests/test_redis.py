@@ -57,7 +57,7 @@ def test_applicationPingThroughTxredisapi() -> Any:
     The heartbeat is the client's own PING: concurrent INCRs through 40 ms
     of latency each way, heartbeats in every idle gap, every reply its own.
     """
-    redis = RedisServer()
+    redis = yield RedisServer.start()
     proxy = FaultProxy("127.0.0.1", redis.port)
     proxy.delay(0.04)
     port = proxy.listen()
@@ -110,7 +110,7 @@ def test_byteLevelPingBesideALineReceiver() -> Any:
     out only while a ping is outstanding, and no ping goes out while a
     command is (the busy hook), so no reply is ever another's.
     """
-    redis = RedisServer()
+    redis = yield RedisServer.start()
     proxy = FaultProxy("127.0.0.1", redis.port)
     proxy.delay(0.04)
     port = proxy.listen()
@@ -148,7 +148,7 @@ def test_idleConnectionOutlivesRedisTimeout() -> Any:
     Redis closes clients idle for `timeout` seconds (1 here); the
     heartbeat keeps one alive for 2.5 s, while an unwrapped one is closed.
     """
-    redis = RedisServer("--timeout", "1")
+    redis = yield RedisServer.start("--timeout", "1")
     kept = txredis(redis.port, False, interval=0.3, timeout=2.0, ping=lambda p: p.ping())
     bare = txredisapi.RedisFactory(f"127.0.0.1:{redis.port}", None, 1)
     bare.reconnect = False
@@ -173,7 +173,7 @@ def test_idleConnectionOutlivesRedisTimeout() -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_frozenRedisDetectedWithinTheBound() -> Any:
-    redis = RedisServer()
+    redis = yield RedisServer.start()
     factory = txredis(redis.port, False, interval=0.2, timeout=0.8, ping=lambda p: p.ping())
     try:
         handler = yield factory.deferred
