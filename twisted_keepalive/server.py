@@ -9,10 +9,11 @@ import hashlib
 import hmac
 import os
 import random as _random
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -38,6 +39,12 @@ from .heartbeat import HeartbeatProtocol, describePeer, maybeGlobalReactor
 from .logflood import PeerLogLimiter
 from .session import Overflow, QueueFull, Session
 from .sweep import IdleSweeper
+
+if TYPE_CHECKING:
+    from .cluster_node import ClusterNode
+
+#: Client ids remembered after they leave, to count them back (reconnects).
+_DEPARTED = 10_000
 
 
 class DisconnectReason(Enum):
@@ -267,6 +274,12 @@ class KeepaliveServerFactory(ServerFactory):
         self.slowConsumers = 0
         self.pushRefused = 0
         self._sweeper: IdleSweeper | None = None
+        #: Clients that came back (a client id seen leaving lately, or a
+        #: session resumed).
+        self.reconnects = 0
+        self._departed: OrderedDict[str, None] = OrderedDict()
+        #: Set by L{ClusterNode}: this server is one node of a cluster.
+        self.cluster: ClusterNode | None = None
 
     @property
     def _clock(self) -> IReactorTime:
@@ -326,6 +339,8 @@ class KeepaliveServerFactory(ServerFactory):
             self.crowdedOut += 1
             if oldest.transport is not None:
                 oldest.abort(ClosedLocally(CloseCode.HANDSHAKE_TIMEOUT, _CROWDED))
+        if self.cluster is not None:
+            self.cluster.protocolBuilt(p)
         return p
 
     def _retryHint(self) -> float:
@@ -358,10 +373,14 @@ class KeepaliveServerFactory(ServerFactory):
             return
         clientId = protocol.core.peerHello.clientId
         if clientId is not None:
+            if self._departed.pop(clientId, 0) is None:
+                self.reconnects += 1
             previous = self.byClientId.get(clientId)
             self.byClientId[clientId] = protocol
             if previous is not None and previous is not protocol:
                 previous.close(CloseCode.NORMAL, _REPLACED)
+        if self.cluster is not None:
+            self.cluster.clientReady(protocol)
         self.clientConnected(protocol)
 
     def heartbeatPingReceived(
@@ -478,6 +497,10 @@ class KeepaliveServerFactory(ServerFactory):
                 old.abort(ClosedLocally(CloseCode.NORMAL, "session resumed on a new connection"))
             kept.owner = protocol
             self.sessionsResumed += 1
+            if hello.clientId is None:
+                self.reconnects += 1
+            if self.cluster is not None:
+                self.cluster.sessionAttached(protocol, session, kept.identity, True)
             return session, True
         # A new session, under the id the client chose.
         budget = self.memoryBudget
@@ -489,15 +512,43 @@ class KeepaliveServerFactory(ServerFactory):
                     f"{budget.used} of {budget.limit} bytes held)",
                     self._retryHint(),
                 )
+        session = self.newSession(requested)
+        self._kept[key] = _Kept(session, identity, protocol)
+        if self.cluster is not None:
+            self.cluster.sessionAttached(protocol, session, identity, False)
+        return session, False
+
+    def newSession(self, sessionId: bytes) -> Session:
+        """A session with this server's bounds, charged to its budget."""
         session = Session(
-            requested,
+            sessionId,
             maxMessages=self.sessionBuffer,
             maxBytes=self.sessionBytes,
             overflow=self.sessionOverflow,
         )
-        session.budget = budget
-        self._kept[key] = _Kept(session, identity, protocol)
-        return session, False
+        session.budget = self.memoryBudget
+        return session
+
+    def adoptSession(self, session: Session, identity: bytes) -> None:
+        """
+        Keep a session another server saved (a cluster node's, fetched for
+        a resume), in its grace period until its client's handshake takes
+        it; it replaces our own copy of it, if any.
+        """
+        key = self._keyOf(session.id)
+        old = self._kept.pop(key, None)
+        if old is not None:
+            self._inGrace.pop(key, None)
+            if old.graceCall is not None and old.graceCall.active():
+                old.graceCall.cancel()
+            old.session.releaseBudget()
+            if old.owner is not None and old.owner.core is not None:
+                old.owner.core.session = None
+                old.owner.abort(ClosedLocally(CloseCode.NORMAL, "session taken over"))
+        kept = _Kept(session, identity, None)
+        self._kept[key] = kept
+        self._inGrace[key] = None
+        kept.graceCall = self._clock.callLater(self.sessionGrace or 0, self._forget, key)
 
     def _makeRoom(self, holder: Any, size: int) -> bool:
         """
@@ -563,6 +614,8 @@ class KeepaliveServerFactory(ServerFactory):
         else:
             self.sessionsExpired += 1
             what = f"expired after {self.sessionGrace}s"
+        if self.cluster is not None:
+            self.cluster.sessionForgotten(session)
         limiter = self.peerLog
         suppressed = None if limiter is None else limiter.allow("session-end", "*")
         if limiter is None or suppressed is not None:
@@ -588,13 +641,17 @@ class KeepaliveServerFactory(ServerFactory):
         Drop every session kept for a disconnected client, now (no
         C{sessionExpired} calls): on shutdown, or to free memory.
         """
+        dropped = []
         for key in list(self._inGrace):
             kept = self._kept.pop(key, None)
             if kept is not None:
                 if kept.graceCall is not None and kept.graceCall.active():
                     kept.graceCall.cancel()
                 kept.session.releaseBudget()
+                dropped.append(kept.session)
         self._inGrace.clear()
+        if self.cluster is not None:
+            self.cluster.sessionsDropped(dropped)
 
     def heartbeatConnectionLost(self, protocol: HeartbeatProtocol, reason: Failure) -> None:
         self._strikes.pop(protocol, None)
@@ -608,8 +665,16 @@ class KeepaliveServerFactory(ServerFactory):
             why = DisconnectReason.classify(reason)
         core = protocol.core
         clientId = core.peerHello.clientId if core and core.peerHello else None
-        if clientId is not None and self.byClientId.get(clientId) is protocol:
+        wasCurrent = clientId is not None and self.byClientId.get(clientId) is protocol
+        if wasCurrent:
+            assert clientId is not None
             del self.byClientId[clientId]
+            departed = self._departed
+            departed[clientId] = None
+            if len(departed) > _DEPARTED:
+                departed.popitem(last=False)
+        if self.cluster is not None:
+            self.cluster.clientLost(protocol, clientId, wasCurrent)
         self.counts[why] += 1
         if why is DisconnectReason.EVICTED:
             self.evictions += 1

@@ -19,15 +19,18 @@ from twisted.python.failure import Failure
 
 from .backoff import RetryPolicy
 from .client import ClientState, KeepaliveClientFactory
+from .cluster import NodeView
+from .cluster_node import ClusterNode
 from .config import HeartbeatConfig
 from .connection import SESSION_GONE
 from .heartbeat import HeartbeatProtocol
+from .history import History, serverCounters
 from .listen import Listener
 from .metrics import metricsRegistry
 from .raw import RawHeartbeatConfig, RawHeartbeatProtocol
 from .server import DisconnectReason, KeepaliveServerFactory, ServerProtocol
 from .session import Overflow
-from .status import Totals, clientStatus, serverStatus
+from .status import Totals, clientStatus, clusterStatus, serverStatus
 from .stdio import EXIT_GAVE_UP, StdioPipe, exitStatus
 from .systemd import SystemdNotifier
 
@@ -213,7 +216,14 @@ class _ModeServerFactory(KeepaliveServerFactory):
         if self.mode == "echo":
             self.push(protocol, message)
         elif self.mode == "broadcast":
-            self.broadcast(message, where=lambda p: p is not protocol)
+            cluster = self.cluster
+            core = protocol.core
+            clientId = core.peerHello.clientId if core and core.peerHello else None
+            if cluster is not None and clientId is not None:
+                # To every other client of every node (Redis down: this node's).
+                cluster.broadcast(message, exclude=clientId).addErrback(lambda f: None)
+            else:
+                self.broadcast(message, where=lambda p: p is not protocol)
 
     def clientConnected(self, protocol: HeartbeatProtocol) -> None:
         protocol.peerLog("connected", "info", "Client {peer} connected")
@@ -245,9 +255,16 @@ class KeepaliveServerService(Listener):
         maxSessions: int = 10_000,
         memoryBudget: int = 256 << 20,
         shutdownTimeout: float = 5.0,
+        cluster: str | None = None,
+        node: str | None = None,
+        clusterTTL: float = 6.0,
     ) -> None:
         """
         @param listen: a server endpoint string, such as C{tcp:9000}.
+        @param cluster: a Redis URL (C{redis://127.0.0.1:6379/0}): this
+            server is one node of a cluster (docs/cluster.md), named
+            C{node} (default: host name and process id), its presence
+            expiring C{clusterTTL} seconds after it stops renewing it.
         @param mode: C{echo} (each message back to its sender), C{broadcast}
             (to every other client) or C{sink} (dropped).
         @param sessionGrace: seconds a session is kept for a resume;
@@ -271,6 +288,18 @@ class KeepaliveServerService(Listener):
         self.factory.mode = mode
         self.factory.service = self
         self.totals = Totals()
+        self.history = History(serverCounters(self.factory))
+        self.cluster: ClusterNode | None = None
+        if cluster is not None:
+            from .redis_cluster import RedisCluster, defaultNodeName
+
+            backend = RedisCluster(
+                cluster,
+                node or defaultNodeName(),
+                ttl=clusterTTL,
+                sessionTTL=sessionGrace or 0.0,
+            )
+            self.cluster = ClusterNode(self.factory, backend, listen=listen, history=self.history)
         self.registry, self.rtt = metricsRegistry(
             self.status, self.mode, "Round-trip time measured by the server's own probes."
         )
@@ -278,13 +307,49 @@ class KeepaliveServerService(Listener):
 
     def startService(self) -> None:
         super().startService()  # listening by now (privilegedStartService)
+        self.history.start()
+        if self.cluster is not None:
+            self.cluster.start()
         systemd.markReady(f"listening on {self.listen}")
 
     def stopService(self) -> Deferred[Any]:
         systemd.stopping()
+        self.history.stop()
         stopped = super().stopService()  # stop accepting first
         shutdown = self.factory.shutdown(timeout=self.shutdownTimeout)
+        cluster = self.cluster
+        if cluster is not None:
+            # Leave the cluster once the clients are gone (their sessions
+            # saved for the node they go to).
+            shutdown.addBoth(lambda _: cluster.stop())
         return DeferredList([d for d in (stopped, shutdown) if d is not None])
 
     def status(self) -> dict[str, Any]:
-        return serverStatus(self.factory, self.totals)
+        status = serverStatus(self.factory, self.totals)
+        status["history"] = self.history.asJSON()
+        if self.cluster is not None:
+            status["cluster"] = clusterStatus(self.cluster)
+        return status
+
+    def fullStatus(self) -> Deferred[dict[str, Any]]:
+        """
+        L{status}, and in a cluster every node and every client (read from
+        Redis: the live view's source).
+        """
+        status = self.status()
+        cluster = self.cluster
+        if cluster is None:
+            return succeed(status)
+
+        def add(nodes: list[NodeView]) -> dict[str, Any]:
+            status["cluster"]["nodes"] = [
+                {**n.info, "name": n.name, "clients": len(n.clients)} for n in nodes
+            ]
+            status["cluster"]["connections"] = [p.asJSON() for n in nodes for p in n.clients]
+            return status
+
+        def unavailable(f: Failure) -> dict[str, Any]:
+            status["cluster"]["error"] = str(f.value)
+            return status
+
+        return cluster.view().addCallbacks(add, unavailable)

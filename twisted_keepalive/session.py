@@ -293,6 +293,49 @@ class Session:
         """
         self.sent = self.acked
 
+    # Persistence (a cluster keeps a server's sessions in Redis)
+
+    @property
+    def firstUnacked(self) -> int:
+        """The number of the oldest message kept, or L{nextSeq} if none is."""
+        return self._unacked[0][0] if self._unacked else self.nextSeq
+
+    def storedSince(self, seq: int) -> list[tuple[int, bytes]]:
+        """
+        The messages kept that are numbered C{seq} or more, oldest first:
+        what was stored since a snapshot that ended before C{seq}.
+        """
+        newer: list[tuple[int, bytes]] = []
+        for item in reversed(self._unacked):
+            if item[0] < seq:
+                break
+            newer.append(item)
+        newer.reverse()
+        return newer
+
+    def stored(self) -> list[tuple[int, bytes]]:
+        """Every message kept, oldest first, with its number."""
+        return list(self._unacked)
+
+    def restore(
+        self, received: int, nextSeq: int, acked: int, messages: list[tuple[int, bytes]]
+    ) -> None:
+        """
+        Take the state a snapshot saved (another server's, for a resume
+        there): everything kept counts as sent, as it may have been.
+        """
+        self._released(len(self._unacked), self.unackedBytes)
+        self._unacked = deque(sorted(messages))
+        self.unackedBytes = sum(len(m) for _, m in messages)
+        if self.budget is not None:
+            self.budget.used += self.unackedBytes + len(messages) * MESSAGE_COST
+        self.received = received
+        self.nextSeq = nextSeq
+        self.sent = nextSeq - 1
+        self.acked = acked
+        self.pendingAcks = 0
+        self.established = True
+
     # Receiving
 
     def accept(self, seq: int) -> bool:

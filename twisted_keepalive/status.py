@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import fail, succeed
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .client import ClientState, KeepaliveClientFactory
+from .errors import UnknownClient
 from .listen import Listener
 from .server import KeepaliveServerFactory
 
@@ -119,6 +122,26 @@ def serverStatus(factory: KeepaliveServerFactory, totals: Totals | None = None) 
     }
 
 
+def clusterStatus(node: Any) -> dict[str, Any]:
+    """
+    A cluster node's own view: its name, whether Redis is reachable, and
+    its cross-node counters (the whole cluster's clients come from Redis:
+    see C{fullStatus}).
+    """
+    backend = node.backend
+    return {
+        "node": node.node,
+        "redis": "up" if backend.up else "down",
+        "redis_state_changes": getattr(backend, "stateChanges", 0),
+        "sent_across": getattr(backend, "sentAcross", 0),
+        "received_across": getattr(backend, "receivedAcross", 0),
+        "failed_across": getattr(backend, "failedAcross", 0),
+        "session_commits": getattr(backend, "commits", 0),
+        "commit_failures": node.commitFailures,
+        "sessions_adopted": node.sessionsAdopted,
+    }
+
+
 class _StatusResource(Resource):
     isLeaf = True
 
@@ -126,22 +149,128 @@ class _StatusResource(Resource):
         super().__init__()
         self.service = service
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
         request.setHeader(b"content-type", b"application/json")
-        return json.dumps(self.service.status(), indent=2).encode() + b"\n"
+        request.setHeader(b"cache-control", b"no-store")
+        full = getattr(self.service, "fullStatus", None)
+        if full is None:
+            return json.dumps(self.service.status(), indent=2).encode() + b"\n"
+
+        def write(status: dict[str, Any]) -> None:
+            if not request.finished and not request._disconnected:
+                request.write(json.dumps(status, indent=2).encode() + b"\n")
+                request.finish()
+
+        full().addCallback(write)
+        return NOT_DONE_YET
+
+
+class _LiveView(Resource):
+    """The page at C{/}: one file, no build step, nothing loaded from outside."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        if request.postpath not in ([], [b""]):
+            request.setResponseCode(404)
+            return b"not found\n"
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(
+            b"content-security-policy",
+            b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            b"connect-src 'self'",
+        )
+        return LIVE_VIEW.read_bytes()
+
+
+#: The live view's page, shipped with the package.
+LIVE_VIEW = Path(__file__).with_name("liveview.html")
+
+#: A push's failures, as HTTP answers.
+_PUSH_ERRORS = {
+    "UnknownClient": 404,
+    "NotDelivered": 409,
+    "ClusterUnavailable": 503,
+    "ClusterBusy": 503,
+    "ClusterTimeout": 504,
+}
+
+
+class _PushResource(Resource):
+    """
+    C{POST /push/CLIENT_ID} (the body is the message) and C{POST
+    /broadcast}: an operator pushes to a client on any node, or to all.
+    """
+
+    isLeaf = True
+
+    def __init__(self, service: Any, everyone: bool) -> None:
+        super().__init__()
+        self.service = service
+        self.everyone = everyone
+
+    def render_POST(self, request: Request) -> Any:
+        request.setHeader(b"content-type", b"application/json")
+        assert request.content is not None
+        message = request.content.read()
+        factory = self.service.factory
+        cluster = getattr(self.service, "cluster", None)
+        if self.everyone:
+            if cluster is not None:
+                d = cluster.broadcast(message)
+            else:
+                d = succeed(factory.broadcast(message))
+            d.addCallback(lambda n: {"delivered": n})
+        else:
+            path = request.postpath or []
+            if len(path) != 1 or not path[0]:
+                request.setResponseCode(400)
+                return b'{"error": "POST /push/CLIENT_ID"}\n'
+            clientId = path[0].decode("utf-8", "replace")
+            if cluster is not None:
+                d = cluster.sendTo(clientId, message)
+            elif factory.send(clientId, message):
+                d = succeed("local")
+            else:
+                d = fail(UnknownClient(clientId))
+            d.addCallback(lambda node: {"node": node})
+
+        def ok(body: dict[str, Any]) -> None:
+            _answer(request, 200, body)
+
+        def failed(f: Any) -> None:
+            code = _PUSH_ERRORS.get(type(f.value).__name__, 500)
+            _answer(request, code, {"error": type(f.value).__name__, "why": str(f.value)})
+
+        d.addCallbacks(ok, failed)
+        return NOT_DONE_YET
+
+
+def _answer(request: Request, code: int, body: dict[str, Any]) -> None:
+    if request.finished or request._disconnected:
+        return
+    request.setResponseCode(code)
+    request.write(json.dumps(body).encode() + b"\n")
+    request.finish()
 
 
 class StatusService(Listener):
     """
-    C{GET /status} (JSON) and C{GET /metrics} (Prometheus) for a service.
+    For a service: the live view at C{/}, C{GET /status} (JSON),
+    C{GET /metrics} (Prometheus), and for a server C{POST /push/CLIENT_ID}
+    and C{POST /broadcast}.
     """
 
     def __init__(self, description: str, service: Any) -> None:
         from prometheus_client.twisted import MetricsResource
 
         root = Resource()
+        root.putChild(b"", _LiveView())
         root.putChild(b"status", _StatusResource(service))
         root.putChild(b"metrics", MetricsResource(registry=service.registry))
+        if getattr(service, "mode", None) == "server":
+            root.putChild(b"push", _PushResource(service, everyone=False))
+            root.putChild(b"broadcast", _PushResource(service, everyone=True))
         site = Site(root)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]  # no access log

@@ -372,8 +372,37 @@ class Options(usage.Options):
             "status",
             None,
             None,
-            "HTTP endpoint for /status (JSON) and /metrics (Prometheus), "
-            "such as tcp:9100:interface=127.0.0.1.",
+            "HTTP endpoint for the live view (/), /status (JSON), /metrics "
+            "(Prometheus) and a server's POST /push/CLIENT_ID and /broadcast, "
+            "such as tcp:9100 (loopback unless an interface is given).",
+        ],
+        [
+            "cluster",
+            None,
+            None,
+            "Server: join a cluster through Redis, such as redis://127.0.0.1:6379/0 "
+            "(presence, push to any node, sessions that survive a node).",
+        ],
+        [
+            "node",
+            None,
+            None,
+            "Server: this node's name in the cluster (default: host name and pid).",
+        ],
+        [
+            "cluster-ttl",
+            None,
+            6.0,
+            "Server: seconds after which a node that stopped renewing its presence "
+            "(killed) leaves it.",
+            _seconds("--cluster-ttl"),
+        ],
+        [
+            "workers",
+            None,
+            1,
+            "Server: processes serving the one --listen port (SO_REUSEPORT), joined by --cluster.",
+            _count("--workers", 1),
         ],
     ]
 
@@ -466,6 +495,11 @@ class Options(usage.Options):
         self["secret"] = token
 
     def _clientOptions(self) -> None:
+        for name in ("cluster", "node"):
+            if self[name] is not None:
+                raise usage.UsageError(f"--{name} is a server option")
+        if self["workers"] != 1:
+            raise usage.UsageError("--workers is a server option")
         for host in self["hosts"]:
             bracketed = host.startswith("[") and host.endswith("]")
             name, sep, port = ("", "", "") if bracketed else host.rpartition(":")
@@ -531,6 +565,32 @@ class Options(usage.Options):
         for name in ("raw-ping", "raw-expect", "client-id", "max-interval"):
             if self[name] is not None:
                 raise usage.UsageError(f"--{name} is a client option")
+        if self["cluster"] is not None:
+            from .redis_cluster import parseRedisURL
+
+            try:
+                parseRedisURL(self["cluster"])
+            except ValueError as e:
+                raise usage.UsageError(f"--cluster: {e}") from None
+            try:
+                import txredisapi  # noqa: F401
+            except ImportError:
+                raise usage.UsageError(
+                    "--cluster needs txredisapi: pip install 'twisted-keepalive[cluster]'"
+                ) from None
+        elif self["node"] is not None:
+            raise usage.UsageError("--node names this server in a --cluster")
+        if self["node"] is not None and not all(c.isalnum() or c in "-_." for c in self["node"]):
+            raise usage.UsageError(
+                f"--node {self['node']!r}: letters, digits, '-', '_' and '.' only"
+            )
+        if self["workers"] > 1:
+            if self["cluster"] is None:
+                raise usage.UsageError(
+                    "--workers needs --cluster: the workers share presence and push through it"
+                )
+            if not self["listen"].startswith("tcp:"):
+                raise usage.UsageError("--workers serves a tcp: --listen port")
 
     @staticmethod
     def _checkServerEndpoint(flag: str, description: str) -> None:
@@ -622,6 +682,9 @@ def makeService(options: Options) -> IService:
             maxSessions=options["max-sessions"],
             memoryBudget=options["memory-budget"],
             shutdownTimeout=options["shutdown-timeout"],
+            cluster=options["cluster"],
+            node=options["node"],
+            clusterTTL=options["cluster-ttl"],
         )
     else:
         main = KeepaliveClientService(
