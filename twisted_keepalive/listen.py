@@ -26,8 +26,9 @@ class Listener(StreamServerEndpointService):
 
     _raiseSynchronously = True
 
-    def __init__(self, description: str, factory: Any) -> None:
-        super().__init__(_listen(description), factory)
+    def __init__(self, description: str, factory: Any, endpoint: Any = None) -> None:
+        self.endpoint = endpoint if endpoint is not None else _listen(description)
+        super().__init__(self.endpoint, factory)
         self.description = description
 
     def privilegedStartService(self) -> None:

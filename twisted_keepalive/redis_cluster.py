@@ -29,8 +29,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
-from zope.interface import provider
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from .cluster import (
     ClusterMember,

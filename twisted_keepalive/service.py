@@ -258,6 +258,7 @@ class KeepaliveServerService(Listener):
         cluster: str | None = None,
         node: str | None = None,
         clusterTTL: float = 6.0,
+        endpoint: Any = None,
     ) -> None:
         """
         @param listen: a server endpoint string, such as C{tcp:9000}.
@@ -265,6 +266,8 @@ class KeepaliveServerService(Listener):
             server is one node of a cluster (docs/cluster.md), named
             C{node} (default: host name and process id), its presence
             expiring C{clusterTTL} seconds after it stops renewing it.
+        @param endpoint: listen there rather than on C{listen} (which then
+            only names it), such as a L{ReusePortEndpoint}.
         @param mode: C{echo} (each message back to its sender), C{broadcast}
             (to every other client) or C{sink} (dropped).
         @param sessionGrace: seconds a session is kept for a resume;
@@ -303,7 +306,7 @@ class KeepaliveServerService(Listener):
         self.registry, self.rtt = metricsRegistry(
             self.status, self.mode, "Round-trip time measured by the server's own probes."
         )
-        super().__init__(listen, self.factory)
+        super().__init__(listen, self.factory, endpoint)
 
     def startService(self) -> None:
         super().startService()  # listening by now (privilegedStartService)

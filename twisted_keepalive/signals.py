@@ -31,8 +31,17 @@ class GracefulSignals(Service):
     def _install(self) -> None:
         import signal
 
+        stopping = []
+
         def stop(number: int, frame: Any) -> None:
-            log.info("Received {signal}; stopping gracefully", signal=signal.Signals(number).name)
+            name = signal.Signals(number).name
+            if stopping:
+                # A second signal (an impatient operator, a supervisor and
+                # its process group): the graceful stop is under way.
+                log.info("Received {signal} again; already stopping", signal=name)
+                return
+            stopping.append(name)
+            log.info("Received {signal}; stopping gracefully", signal=name)
             reactor.callFromThread(reactor.stop)
 
         def hangup(number: int, frame: Any) -> None:

@@ -410,6 +410,22 @@ class Options(usage.Options):
         super().__init__()
         self["hosts"] = []
         self["connect"] = []
+        self["worker"] = None
+        self.argv: list[str] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        import sys
+
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def opt_worker(self, value: str) -> None:
+        """(Internal: how --workers starts its other processes.)"""
+        try:
+            index, port, parent = (int(part) for part in value.split(":"))
+        except ValueError:
+            raise usage.UsageError(f"--worker {value!r}: expected INDEX:PORT:PID") from None
+        self["worker"] = (index, port, parent)
 
     def opt_version(self) -> None:
         """Print this plugin's version (and Twisted's, and Python's), then exit."""
@@ -584,13 +600,32 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--node {self['node']!r}: letters, digits, '-', '_' and '.' only"
             )
+        if self["worker"] is not None:
+            # One of --workers' processes: the first one's port, our own
+            # node name, and no status endpoint (the first one serves it).
+            index, port, _ = self["worker"]
+            interface, _, backlog = self._tcpAddress()
+            self["listen"] = f"tcp:{port}:interface={interface or '0.0.0.0'}:backlog={backlog}"
+            self["status"] = None
+            self["workers"] = 1
+            if self["node"] is not None:
+                self["node"] = f"{self['node']}-{index}"
         if self["workers"] > 1:
             if self["cluster"] is None:
                 raise usage.UsageError(
                     "--workers needs --cluster: the workers share presence and push through it"
                 )
-            if not self["listen"].startswith("tcp:"):
-                raise usage.UsageError("--workers serves a tcp: --listen port")
+            self._tcpAddress()
+
+    def _tcpAddress(self) -> tuple[str, int, int]:
+        from .workers import tcpAddress
+
+        try:
+            return tcpAddress(self["listen"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--workers shares a tcp: --listen port, not {self['listen']!r}"
+            ) from None
 
     @staticmethod
     def _checkServerEndpoint(flag: str, description: str) -> None:
@@ -658,6 +693,20 @@ def loopbackByDefault(description: str) -> str:
     return description
 
 
+def _sharedPort(options: Options) -> Any:
+    """
+    With --workers (or as one of them): the --listen port opened with
+    SO_REUSEPORT, so that every worker process can listen on it too.
+    """
+    if options["workers"] <= 1 and options["worker"] is None:
+        return None
+    from .workers import ReusePortEndpoint, dieWithParent, tcpAddress
+
+    if options["worker"] is not None:
+        dieWithParent(options["worker"][2])
+    return ReusePortEndpoint(*tcpAddress(options["listen"]))
+
+
 def makeService(options: Options) -> IService:
     """
     Build the client or server service (and the status endpoint) that the
@@ -685,6 +734,7 @@ def makeService(options: Options) -> IService:
             cluster=options["cluster"],
             node=options["node"],
             clusterTTL=options["cluster-ttl"],
+            endpoint=_sharedPort(options),
         )
     else:
         main = KeepaliveClientService(
@@ -701,6 +751,15 @@ def makeService(options: Options) -> IService:
             verbose=bool(options["verbose"]),
         )
     main.setServiceParent(top)
+    if options["listen"] and options["workers"] > 1:
+        from .workers import WorkerPool
+
+        WorkerPool(
+            options["workers"],
+            options.argv,
+            main.endpoint,
+            stopTimeout=options["shutdown-timeout"] + 5,
+        ).setServiceParent(top)
     if options["status"] is not None:
         StatusService(options["status"], main).setServiceParent(top)
     return top
