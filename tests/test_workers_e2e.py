@@ -92,7 +92,7 @@ def test_twoWorkersShareOnePortPushAndPresence() -> Any:
         pids = {n["name"]: n["pid"] for n in s["cluster"]["nodes"]}
         assert pids["w"] == proc.transport.pid and pids["w-1"] != pids["w"]
         # Push to every client through the first process's status endpoint.
-        for i, f in enumerate(clients):
+        for i in range(len(clients)):
             code, answer = yield post(statusPort, f"/push/dev-{i:02d}", b"hi %d" % i)
             assert code == 200, answer
         yield waitFor(lambda: succeed(all(f.received for f in clients)), 10, "the pushes")
