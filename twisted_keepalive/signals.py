@@ -31,7 +31,7 @@ class GracefulSignals(Service):
     def _install(self) -> None:
         import signal
 
-        stopping = []
+        stopping: list[str] = []
 
         def stop(number: int, frame: Any) -> None:
             name = signal.Signals(number).name
