@@ -469,15 +469,21 @@ class ClusterNode:
         node's clients get it and the Deferred fails with
         L{ClusterUnavailable} saying so.
         """
-        if not self.backend.up:
+        if self.backend.up:
+            d = self.backend.broadcast(message, exclude)
+        else:
+            d = fail(ClusterUnavailable("the cluster is unreachable"))
+
+        def localOnly(f: Failure) -> int:
+            # Nothing was published: this node's clients at least.
+            f.trap(ClusterUnavailable)
             count = self.broadcastLocal(message, exclude)
             self.localOnlyBroadcasts += 1
-            return fail(
-                ClusterUnavailable(
-                    f"the cluster is unreachable: only the {count} clients of this node got it"
-                )
+            raise ClusterUnavailable(
+                f"the cluster is unreachable: only the {count} clients of this node got it"
             )
-        return self.backend.broadcast(message, exclude)
+
+        return d.addErrback(localOnly)
 
     def view(self) -> Deferred[list[NodeView]]:
         """Every live node and its clients (one backend round trip)."""

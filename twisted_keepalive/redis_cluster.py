@@ -483,7 +483,9 @@ class RedisCluster:
         A command, failing at once with L{ClusterUnavailable} while Redis is
         down; a connection error or timeout marks it down.
         """
-        if not self.up or not self._connected():
+        if not self._connected():
+            self._setUp(False, "connection lost")
+        if not self.up:
             return fail(ClusterUnavailable(f"Redis {self.url} is unreachable"))
         d = self._raw(method, *args)
 
@@ -710,7 +712,7 @@ class RedisCluster:
             if _text(reply[0]) == "refused":
                 raise SessionRefused("the saved session belongs to another client")
             flat = reply[5] or []
-            messages = [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
+            messages = sorted((int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2))
             return SavedSession(
                 received=int(reply[2] or 0),
                 nextSeq=int(reply[3] or 1),

@@ -157,7 +157,7 @@ class _StatusResource(Resource):
             return json.dumps(self.service.status(), indent=2).encode() + b"\n"
 
         def write(status: dict[str, Any]) -> None:
-            if not request.finished and not request._disconnected:
+            if not request.finished and not getattr(request, "_disconnected", False):
                 request.write(json.dumps(status, indent=2).encode() + b"\n")
                 request.finish()
 
@@ -247,7 +247,7 @@ class _PushResource(Resource):
 
 
 def _answer(request: Request, code: int, body: dict[str, Any]) -> None:
-    if request.finished or request._disconnected:
+    if request.finished or getattr(request, "_disconnected", False):
         return
     request.setResponseCode(code)
     request.write(json.dumps(body).encode() + b"\n")

@@ -38,7 +38,10 @@ def tcpAddress(description: str) -> tuple[str, int, int]:
     """
     from twisted.internet import reactor
 
-    endpoint = serverFromString(reactor, description)
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (TypeError, KeyError, ValueError) as e:
+        raise ValueError(f"{description!r}: {e}") from None
     port = getattr(endpoint, "_port", None)
     if not description.startswith(("tcp:", "tcp6:")) or port is None:
         raise ValueError(f"{description!r} is not a tcp: endpoint")
