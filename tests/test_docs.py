@@ -19,6 +19,7 @@ EMBED = r"<!-- example: docs/examples/(\S+) -->\n```python\n(.*?)```"
 EXPECTED_OUTPUT = {
     "backpressure.py": "server got 5000 messages; the producer was paused",
     "client_server.py": "client: got echo: hello",
+    "cluster.py": "device-7 got: hello from edge-a",
     "raw_keepalive.py": "2 replies matched",
     "resume.py": "server got each message once, in order: True",
     "testing_pair.py": "dead peer detected after 3.0 s",

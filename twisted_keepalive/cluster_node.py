@@ -192,6 +192,7 @@ class ClusterNode:
         self.sessionsAdopted = 0
         self.commitFailures = 0
         self.localOnlyBroadcasts = 0
+        self._joinWaiters: list[Deferred[None]] = []
         factory.cluster = self
         if hasattr(backend, "fullState"):
             backend.fullState = self._fullState
@@ -432,8 +433,19 @@ class ClusterNode:
             "history": self.history.asJSON(),
         }
 
+    def whenJoined(self) -> Deferred[None]:
+        """Fires once the backend is reachable (at once if it is)."""
+        if self.backend.up:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._joinWaiters.append(d)
+        return d
+
     def backendUp(self) -> None:
         """Redis is back (maybe empty, after a restart): save every session in full."""
+        waiters, self._joinWaiters = self._joinWaiters, []
+        for d in waiters:
+            d.callback(None)
         for record in self._records.values():
             record.full = True
         for protocol in list(self.factory.connections):

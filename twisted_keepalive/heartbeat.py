@@ -9,6 +9,7 @@ the peer stays silent past its timeout.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,6 +306,11 @@ class HeartbeatProtocol(Protocol):
         self._pausedLimit = -1 if self._budget is not None else self._maxPending
         now = clock.seconds()
         self.core = core = KeepaliveConnection(self.role, config, now)
+        if config.tcpNoDelay:
+            setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+            if setNoDelay is not None:
+                with contextlib.suppress(OSError):
+                    setNoDelay(True)
         if config.tcpKeepalive is not None:
             sock = findSocket(self.transport)
             if sock is not None:

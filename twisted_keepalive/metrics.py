@@ -199,3 +199,47 @@ class StatusCollector(Collector):
                 "Log lines about peers not written (one per peer host and kind per period).",
                 status["log_lines_suppressed"],
             )
+            yield CounterMetricFamily(
+                "keepalive_server_reconnects",
+                "Clients that came back (a client id seen leaving, or a session resumed).",
+                status["reconnects"],
+            )
+            cluster = status.get("cluster")
+            if cluster is not None:
+                yield from _clusterMetrics(cluster)
+
+
+def _clusterMetrics(cluster: dict[str, Any]) -> Iterator[Any]:
+    """A cluster node's own figures (the whole cluster is in /status)."""
+    yield GaugeMetricFamily(
+        "keepalive_cluster_redis_up",
+        "1 while Redis is reachable (presence, push and sessions cross nodes).",
+        1.0 if cluster["redis"] == "up" else 0.0,
+    )
+    yield CounterMetricFamily(
+        "keepalive_cluster_redis_state_changes",
+        "Times Redis became reachable or unreachable.",
+        cluster["redis_state_changes"],
+    )
+    across = CounterMetricFamily(
+        "keepalive_cluster_messages_across",
+        "Pushes between nodes, by outcome.",
+        labels=["outcome"],
+    )
+    across.add_metric(["sent"], cluster["sent_across"])
+    across.add_metric(["received"], cluster["received_across"])
+    across.add_metric(["failed"], cluster["failed_across"])
+    yield across
+    commits = CounterMetricFamily(
+        "keepalive_cluster_session_commits",
+        "Session saves to Redis, by outcome.",
+        labels=["outcome"],
+    )
+    commits.add_metric(["ok"], cluster["session_commits"])
+    commits.add_metric(["failed"], cluster["commit_failures"])
+    yield commits
+    yield CounterMetricFamily(
+        "keepalive_cluster_sessions_adopted",
+        "Sessions resumed here that another node (or an earlier run) saved.",
+        cluster["sessions_adopted"],
+    )

@@ -118,6 +118,7 @@ def serverStatus(factory: KeepaliveServerFactory, totals: Totals | None = None) 
         "memory_budget": f.memoryBudget.limit,
         "memory_refusals": f.memoryBudget.refusals,
         "log_lines_suppressed": f.peerLog.suppressed if f.peerLog is not None else 0,
+        "reconnects": f.reconnects,
         **(totals or Totals()).withLive(list(f.connections)),
     }
 

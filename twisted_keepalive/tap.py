@@ -119,7 +119,9 @@ class Options(usage.Options):
     synopsis = (
         "[options]\n"
         "  client:  twistd -n keepconn --host HOST --port PORT [--stdio | --raw-ping BYTES]\n"
-        "  server:  twistd -n keepconn --listen tcp:9000 [--mode echo|broadcast|sink]"
+        "  server:  twistd -n keepconn --listen tcp:9000 [--mode echo|broadcast|sink]\n"
+        "  cluster: twistd -n keepconn --listen tcp:9000 --cluster redis://127.0.0.1:6379/0 "
+        "[--node NAME] [--workers N]"
     )
     longdesc = (
         "Keep long-lived TCP connections alive: application heartbeats, dead-peer "
