@@ -34,6 +34,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import contextlib
+
 from _common import raiseFileLimit
 
 
@@ -161,7 +163,7 @@ def inProcess(redisPort: int, pushes: int, seconds: float) -> dict[str, Any]:
         # Latency: one push at a time, until the client has it.
         for label, sender in (("local", b), ("cross", a)):
             times = []
-            for i in range(pushes):
+            for _i in range(pushes):
                 d = arrival(target)
                 t0 = time.perf_counter()
                 sender.sendTo("target", b"x" * 100)
@@ -176,11 +178,11 @@ def inProcess(redisPort: int, pushes: int, seconds: float) -> dict[str, Any]:
         for label, sender in (("local", b), ("cross", a)):
             window, done = 200, {"n": 0}
             deadline = time.perf_counter() + seconds
-            stop = {"flag": False}
 
-            def one(_: object = None, sender: Any = sender, done: Any = done) -> Any:
+            def one(
+                _: object = None, sender: Any = sender, done: Any = done, deadline: float = deadline
+            ) -> Any:
                 if time.perf_counter() > deadline:
-                    stop["flag"] = True
                     return None
                 done["n"] += 1
                 d = sender.sendTo(f"peer-{done['n'] % 20}", b"y" * 100)
@@ -258,7 +260,7 @@ def load(mode: str, port: int, connections: int, seconds: float) -> dict[str, An
     t0 = time.perf_counter()
     deadline = t0 + seconds
     while time.perf_counter() < deadline:
-        for key, events in sel.select(timeout=0.1):
+        for key, _events in sel.select(timeout=0.1):
             s: socket.socket = key.fileobj  # type: ignore[assignment]
             data = key.data
             if data["state"] == "connecting":
@@ -303,10 +305,8 @@ def load(mode: str, port: int, connections: int, seconds: float) -> dict[str, An
             if done:
                 data["got"] -= done * frameSize * 32
                 counted["n"] += done * 32
-                try:
+                with contextlib.suppress(OSError):
                     s.send(batch * done)
-                except OSError:
-                    pass
     elapsed = time.perf_counter() - t0
     for key in list(sel.get_map().values()):
         key.fileobj.close()  # type: ignore[union-attr]
