@@ -711,3 +711,37 @@ class DirectControlWriteTests(ClockTestCase):
         self.assertEqual(self.received(), [])  # the PONG did not jump the queue
         self.transport.doWrite()
         self.assertEqual(self.received(), [Data(b"first"), Pong(8, 1), Ping(1, 0)])
+
+
+class NoDelayTests(ClockTestCase):
+    """
+    Nagle's algorithm is off on a real TCP connection (a push written while
+    an earlier frame awaits the peer's delayed ACK would otherwise wait up
+    to 40 ms), unless the config keeps it.
+    """
+
+    def connection(self, config: HeartbeatConfig) -> int:
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.testing import MemoryReactorClock
+
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+        for s in (listener, client, ours):
+            self.addCleanup(s.close)
+        protocol = HeartbeatProtocol(config, role=Role.SERVER, clock=self.clock)
+        transport = tcp.Connection(ours, protocol, MemoryReactorClock())
+        transport.connected = True
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        return ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    def test_onByDefault(self) -> None:
+        self.assertNotEqual(self.connection(HeartbeatConfig()), 0)
+
+    def test_canBeKept(self) -> None:
+        self.assertEqual(self.connection(HeartbeatConfig(tcpNoDelay=False)), 0)

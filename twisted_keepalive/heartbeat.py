@@ -10,6 +10,7 @@ the peer stays silent past its timeout.
 from __future__ import annotations
 
 import contextlib
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,10 @@ from .timer import IdleTimer
 
 _CLOSED = State.CLOSED
 _OPEN = State.OPEN
+
+
+#: Sockets Nagle applies to (a UNIX socket has no TCP_NODELAY).
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 def maybeGlobalReactor(clock: IReactorTime | None) -> IReactorTime:
@@ -306,15 +311,12 @@ class HeartbeatProtocol(Protocol):
         self._pausedLimit = -1 if self._budget is not None else self._maxPending
         now = clock.seconds()
         self.core = core = KeepaliveConnection(self.role, config, now)
-        if config.tcpNoDelay:
-            setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
-            if setNoDelay is not None:
-                with contextlib.suppress(OSError):
-                    setNoDelay(True)
-        if config.tcpKeepalive is not None:
-            sock = findSocket(self.transport)
-            if sock is not None:
-                applyTCPKeepalive(sock, config.tcpKeepalive)
+        sock = findSocket(self.transport) if config.tcpNoDelay or config.tcpKeepalive else None
+        if config.tcpNoDelay and sock is not None and sock.family in _TCP_FAMILIES:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if config.tcpKeepalive is not None and sock is not None:
+            applyTCPKeepalive(sock, config.tcpKeepalive)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._handshakeCall = clock.callLater(config.handshakeTimeout, self._handshakeExpired)
         notify = getattr(self.factory, "heartbeatConnectionMade", None)
