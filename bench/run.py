@@ -4,7 +4,7 @@ write bench/results.json (figures, ratios, targets, the machine).
 
     python bench/run.py            # the full suite (~15 minutes on 2 cores)
     python bench/run.py --quick    # smaller counts, one run each (< 2 minutes)
-    python bench/run.py --only idle,storm
+    python bench/run.py --only idle,storm     # those again, the others kept
 
 Each scenario is its own script in bench/ and can be run alone; see
 docs/performance.md for what each measures and the latest figures.
@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import busy_links
+import cluster
 import datapath
 import detection
 import idle_fleet
@@ -36,6 +37,7 @@ FULL: dict[str, dict[str, Any]] = {
     "datapath": {"count": 500_000, "runs": 5},
     "detection": {"count": 100, "interval": 1.0, "timeout": 3.0},
     "storm": {"count": 5_000, "down": 5.0},
+    "cluster": {"pushes": 2_000, "seconds": 5.0, "runs": 3},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "idle": {"connections": 1_000, "seconds": 3.0, "runs": 1},
@@ -43,6 +45,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "datapath": {"count": 50_000, "runs": 1},
     "detection": {"count": 100, "interval": 0.2, "timeout": 0.6},
     "storm": {"count": 1_000, "down": 3.0},
+    "cluster": {"pushes": 300, "seconds": 2.0, "runs": 1},
 }
 SCENARIOS: dict[str, Callable[..., Any]] = {
     "idle": idle_fleet.run,
@@ -50,6 +53,7 @@ SCENARIOS: dict[str, Callable[..., Any]] = {
     "datapath": datapath.run,
     "detection": detection.run,
     "storm": storm.run,
+    "cluster": cluster.run,
 }
 
 
@@ -193,6 +197,59 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
                     policy["longestWait"] <= policy["waitBound"],
                 )
             )
+    cl = results.get("cluster")
+    if cl:
+        local, cross = cl["latency_local"], cl["latency_cross"]
+        rows.append(
+            row(
+                "cluster",
+                f"push latency p50, ms: to a client on another node vs this node "
+                f"(p99 {cross['p99_ms']} vs {local['p99_ms']})",
+                cross["p50_ms"],
+                local["p50_ms"],
+                cl["ratios"]["cross_vs_local_latency_p50"],
+                "-",
+                True,
+            )
+        )
+        rows.append(
+            row(
+                "cluster",
+                "confirmed pushes per s: through Redis vs local",
+                cl["rate_cross"],
+                cl["rate_local"],
+                cl["ratios"]["cross_vs_local_rate"],
+                "-",
+                True,
+            )
+        )
+        rows.append(
+            row(
+                "cluster",
+                "session echo round trips per s: saved in Redis vs in memory",
+                cl["echo_redis"],
+                cl["echo_memory"],
+                cl["ratios"]["sessions_redis_vs_memory"],
+                "-",
+                True,
+            )
+        )
+        w = cl["workers"]
+        for what, key, ratio in (
+            ("echo messages per s", "echo_per_s", "echo_ratio"),
+            ("handshakes per s", "handshakes_per_s", "handshake_ratio"),
+        ):
+            rows.append(
+                row(
+                    "cluster",
+                    f"--workers 2 vs 1: {what}",
+                    w["workers2"][key],
+                    w["workers1"][key],
+                    w[ratio],
+                    ">= 1.6",
+                    w[ratio] >= 1.6,
+                )
+            )
     return rows
 
 
@@ -244,12 +301,20 @@ def main() -> None:
             import autobahn  # noqa: F401
         except ImportError:
             parser.error("the idle fleet compares with autobahn: pip install autobahn")
-    results: dict[str, Any] = {
-        "quick": args.quick,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "parameters": {name: params[name] for name in chosen},
-    }
+    results: dict[str, Any] = {}
+    if args.only and os.path.exists(args.output):
+        # Some scenarios again: the others keep their last figures.
+        with open(args.output) as f:
+            results = json.load(f)
+    results.update(
+        {
+            "quick": args.quick,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(),
+        }
+    )
+    results.setdefault("parameters", {}).update({name: params[name] for name in chosen})
+    results.setdefault("dates", {}).update({name: results["date"] for name in chosen})
     for name in chosen:
         started = time.monotonic()
         print(f"{name}: {params[name]} ...", file=sys.stderr, flush=True)

@@ -222,6 +222,10 @@ class StatusRoutesTests(SynchronousTestCase):
         self.assertEqual(json.loads(b"".join(request.written)), {"delivered": 0})
         request = self.render(status.factory, b"/push/", b"POST", b"x")
         self.assertEqual(request.responseCode, 400)
+        limit = service.factory.heartbeatConfig.maxFrame
+        request = self.render(status.factory, b"/broadcast", b"POST", b"x" * (limit + 1))
+        self.assertEqual(request.responseCode, 413)
+        self.assertIn(b"MessageTooLarge", b"".join(request.written))
 
     def test_statusCarriesHistory(self) -> None:
         status = self.service().status()

@@ -234,3 +234,69 @@ def test_nothingReachesAClientBeforeItIsSaved() -> Any:
         if a is not None:
             yield a.stop()
         redis.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_aSessionThatMovesIsNotCountedLost() -> Any:
+    """
+    A client leaves node a (still alive) and resumes on node b: b tells a,
+    which lets its copy go quietly, neither expired nor lost.
+    """
+    redis = yield RedisServer.start()
+    a = b = None
+    clients = []
+    try:
+        a, b = Node(redis, "a"), Node(redis, "b")
+        yield a.up()
+        yield b.up()
+        f = client("dev", [a.address, b.address])
+        f.connect()
+        clients.append(f)
+        yield waitFor(lambda: succeed(connectedTo(f) == a.address), 5, "the client on a")
+        yield a.port.stopListening()  # a lives on, but the client must go to b
+        for p in list(a.factory.connections):
+            p.transport.abortConnection()
+        yield waitFor(lambda: succeed(connectedTo(f) == b.address), 5, "the client on b")
+        yield waitFor(lambda: succeed(a.node.sessionsMovedAway == 1), 5, "a told")
+        assert b.node.sessionsAdopted == 1
+        assert a.factory.sessions == {} and a.factory.sessionsExpired == 0
+        assert a.factory.sessionsEvicted == 0
+    finally:
+        stopClients(clients)
+        for n in (a, b):
+            if n is not None:
+                yield n.stop()
+        redis.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_pongsDoNotWaitForRedis() -> Any:
+    """
+    With Redis frozen (within the reply timeout) a session's data waits,
+    but its PONGs do not: an idle client with a short timeout stays
+    connected.
+    """
+    redis = yield RedisServer.start()
+    a = None
+    clients = []
+    try:
+        a = Node(redis, "a", replyTimeout=5.0)
+        yield a.up()
+        f = client("dev", [a.address], interval=0.2, timeout=0.8)
+        f.connect()
+        clients.append(f)
+        yield waitFor(lambda: succeed(connectedTo(f) is not None), 5, "the client")
+        protocol = f.connected
+        redis.freeze()
+        assert a.factory.send("dev", b"waits")  # held: it changes the session
+        yield sleep(1.6)  # twice the client's timeout
+        assert f.connected is protocol and f.received == []
+        redis.thaw()
+        yield waitFor(lambda: succeed(f.received == [b"waits"]), 5, "the held message")
+        assert f.connected is protocol
+    finally:
+        redis.thaw()
+        stopClients(clients)
+        if a is not None:
+            yield a.stop()
+        redis.stop()

@@ -123,6 +123,9 @@ class ClusterMember(Protocol):
     def backendDown(self) -> None:
         """The backend became unreachable."""
 
+    def sessionMoved(self, sessionId: bytes, owner: str) -> None:
+        """Another node claimed a session this node owned as C{owner}."""
+
 
 class ClusterBackend(Protocol):
     """
@@ -156,3 +159,5 @@ class ClusterBackend(Protocol):
     ) -> Deferred[None]: ...
 
     def deleteSession(self, sessionId: bytes, owner: str) -> Deferred[None]: ...
+
+    def sessionClaimed(self, sessionId: bytes, previousOwner: str) -> None: ...

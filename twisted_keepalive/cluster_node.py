@@ -15,7 +15,9 @@ seen, and a client resuming on another node gets exactly the rest.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
+import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,6 +47,23 @@ from .session import Session
 
 if TYPE_CHECKING:
     from .server import KeepaliveServerFactory
+
+
+_length = struct.Struct(">I").unpack_from
+_LIVENESS = (FrameType.PING, FrameType.PONG)
+
+
+def _splitLiveness(data: bytes) -> tuple[bytes, bytes]:
+    """(the PINGs and PONGs in C{data}, the other frames), each in order."""
+    liveness: list[bytes] = []
+    rest: list[bytes] = []
+    offset, end = 0, len(data)
+    while offset < end:
+        size = 4 + _length(data, offset)[0]
+        frame = data[offset : offset + size]
+        (liveness if frame[4] in _LIVENESS else rest).append(frame)
+        offset += size
+    return b"".join(liveness), b"".join(rest)
 
 
 @dataclass
@@ -85,6 +104,16 @@ class CommitGate:
     def write(self, data: bytes) -> None:
         if self.gone:
             return
+        if data[4] in _LIVENESS or len(data) != 4 + _length(data)[0]:
+            # PINGs and PONGs tell nothing of the session: they go out at
+            # once (in their own order), so a slow or frozen Redis never
+            # makes a client think us dead.  The protocol writes whole
+            # frames; a write of one DATA frame is the common case.
+            liveness, data = _splitLiveness(data)
+            if liveness:
+                self.transport.write(liveness)
+            if not data:
+                return
         if not self.held and not self.committing and not self.node.backend.up:
             self.record.full = True  # the saved copy falls behind
             self.transport.write(data)
@@ -190,6 +219,8 @@ class ClusterNode:
         self._records: dict[bytes, _Record] = {}
         self._prefetching: dict[HeartbeatProtocol, bytearray] = {}
         self.sessionsAdopted = 0
+        #: Sessions another node took over (their clients resumed there).
+        self.sessionsMovedAway = 0
         self.commitFailures = 0
         self.localOnlyBroadcasts = 0
         self._joinWaiters: list[Deferred[None]] = []
@@ -269,6 +300,10 @@ class ClusterNode:
         if not isinstance(hello, Hello) or hello.session is None or len(hello.session) != 16:
             self._release(protocol)
             return
+        token = self.factory.heartbeatConfig.token
+        if token is not None and not hmac.compare_digest(hello.token or b"", token):
+            self._release(protocol)  # refused by the handshake: no Redis call for it
+            return
         sessionId = hello.session
         identity = self.factory.identityOf(protocol, hello)
         protocol._claiming = True  # type: ignore[attr-defined]
@@ -294,6 +329,10 @@ class ClusterNode:
         f.adoptSession(session, identity)
         self._records[sessionId] = _Record(session, identity, saved.nextSeq, False)
         self.sessionsAdopted += 1
+        if saved.previousOwner and saved.previousOwner != self.owner:
+            # Its old node may still keep it (in its grace): tell it, so that
+            # it lets go quietly instead of reporting its messages lost.
+            self.backend.sessionClaimed(sessionId, saved.previousOwner)
 
     def sessionAttached(
         self, protocol: HeartbeatProtocol, session: Session, identity: bytes, resumed: bool
@@ -456,6 +495,18 @@ class ClusterNode:
             presence = self._presence(protocol)
             if presence is not None:
                 self.backend.clientConnected(presence)
+
+    def sessionMoved(self, sessionId: bytes, owner: str) -> None:
+        """
+        Another node took over a session we owned as C{owner}: forget our
+        copy without counting it lost; a connection of ours still on it
+        (a partition) is closed.
+        """
+        if owner != self.owner:
+            return  # an earlier run of a node with our name
+        self._records.pop(sessionId, None)
+        if self.factory.dropMovedSession(sessionId):
+            self.sessionsMovedAway += 1
 
     def backendDown(self) -> None:
         for record in self._records.values():

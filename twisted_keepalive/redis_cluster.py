@@ -637,6 +637,12 @@ class RedisCluster:
         answer = b"R" + json.dumps(body).encode()
         self._call("publish", f"{self.prefix}chan:{to}", answer).addErrback(lambda f: None)
 
+    def sessionClaimed(self, sessionId: bytes, previousOwner: str) -> None:
+        """Tell the session's previous node (best effort) that it moved."""
+        node = previousOwner.partition("#")[0]
+        body = json.dumps({"session": sessionId.hex(), "owner": previousOwner}).encode()
+        self._call("publish", f"{self.prefix}chan:{node}", b"C" + body).addErrback(lambda f: None)
+
     def _message(self, raw: Any) -> None:
         """A pub/sub message: a push for a client here, a broadcast, or an answer."""
         if not isinstance(raw, bytes) or not raw:
@@ -645,6 +651,13 @@ class RedisCluster:
         try:
             if kind == b"R":
                 self._answer(json.loads(body))
+                return
+            if kind == b"C":
+                claimed = json.loads(body)
+                if self._member is not None:
+                    self._member.sessionMoved(
+                        bytes.fromhex(claimed["session"]), str(claimed["owner"])
+                    )
                 return
             header, _, message = body.partition(b"\n")
             meta = json.loads(header)

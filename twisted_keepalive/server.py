@@ -550,6 +550,27 @@ class KeepaliveServerFactory(ServerFactory):
         self._inGrace[key] = None
         kept.graceCall = self._clock.callLater(self.sessionGrace or 0, self._forget, key)
 
+    def dropMovedSession(self, sessionId: bytes) -> bool:
+        """
+        A cluster node resumed this session: forget our copy (no
+        C{sessionExpired}, nothing counted lost), and close a connection of
+        ours still attached to it.  L{False} if we did not keep it.
+        """
+        kept = self._findKept(sessionId)
+        if kept is None:
+            return False
+        key = self._keyOf(sessionId)
+        self._inGrace.pop(key, None)
+        del self._kept[key]
+        if kept.graceCall is not None and kept.graceCall.active():
+            kept.graceCall.cancel()
+        kept.session.releaseBudget()
+        owner = kept.owner
+        if owner is not None and owner.core is not None:
+            owner.core.session = None
+            owner.abort(ClosedLocally(CloseCode.NORMAL, "session resumed on another node"))
+        return True
+
     def _makeRoom(self, holder: Any, size: int) -> bool:
         """
         The memory budget is spent: forget sessions in their grace period,

@@ -140,6 +140,7 @@ def clusterStatus(node: Any) -> dict[str, Any]:
         "session_commits": getattr(backend, "commits", 0),
         "commit_failures": node.commitFailures,
         "sessions_adopted": node.sessionsAdopted,
+        "sessions_moved_away": node.sessionsMovedAway,
     }
 
 
@@ -213,7 +214,16 @@ class _PushResource(Resource):
     def render_POST(self, request: Request) -> Any:
         request.setHeader(b"content-type", b"application/json")
         assert request.content is not None
-        message = request.content.read()
+        limit = self.service.factory.heartbeatConfig.maxFrame
+        message = request.content.read(limit + 1)
+        if len(message) > limit:
+            request.setResponseCode(413)
+            return (
+                json.dumps(
+                    {"error": "MessageTooLarge", "why": f"a message is at most {limit} bytes"}
+                ).encode()
+                + b"\n"
+            )
         factory = self.service.factory
         cluster = getattr(self.service, "cluster", None)
         if self.everyone:
