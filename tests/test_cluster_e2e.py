@@ -109,10 +109,18 @@ def test_threeNodesPresencePushAndBroadcastFor300Clients() -> Any:
             log = procs.log(node.name)
             assert "Traceback" not in log, log[-3000:]
     finally:
-        stopClients(clients)
-        yield sleep(0.1)
-        yield procs.cleanup()
-        redis.stop()
+        yield tearDown(procs, redis, clients)
+
+
+@pytest_twisted.inlineCallbacks
+def tearDown(procs: Processes, redis: RedisServer, clients: list[Any], loop: Any = None) -> Any:
+    """The traffic, the clients, the nodes, then Redis."""
+    if loop is not None and loop.running:
+        loop.stop()
+    stopClients(clients)
+    yield sleep(0.1)
+    yield procs.cleanup()
+    redis.stop()
 
 
 def _done(value: bool) -> Any:
@@ -269,12 +277,7 @@ def test_killedNodeFailsOverWithoutLossOrDuplicates() -> Any:
         }
         print(f"\ncluster failover: {FIGURES['failover']}")
     finally:
-        if loop is not None and loop.running:
-            loop.stop()
-        stopClients([n.factory for n in clients])
-        yield sleep(0.1)
-        yield procs.cleanup()
-        redis.stop()
+        yield tearDown(procs, redis, [n.factory for n in clients], loop)
 
 
 @pytest_twisted.inlineCallbacks
@@ -361,12 +364,7 @@ def test_redisRestartKeepsLocalServiceAndRecovers() -> Any:
         }
         print(f"\ncluster redis restart: {FIGURES['redis restart']}")
     finally:
-        if loop is not None and loop.running:
-            loop.stop()
-        stopClients([n.factory for n in clients])
-        yield sleep(0.1)
-        yield procs.cleanup()
-        redis.stop()
+        yield tearDown(procs, redis, [n.factory for n in clients], loop)
 
 
 def clusterOf(clients: list[Any]) -> list[Any]:
@@ -438,8 +436,5 @@ def test_liveViewInHeadlessChromium() -> Any:
         assert dom.count("<polyline") == 4
         assert '<div id="error" class="bad"></div>' in dom  # Redis up: no warning
     finally:
-        stopClients(clients)
-        yield sleep(0.1)
-        yield procs.cleanup()
-        redis.stop()
+        yield tearDown(procs, redis, clients)
         shutil.rmtree(profile, ignore_errors=True)

@@ -8,6 +8,7 @@ functions (pytest runs them; trial skips this module).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -60,6 +61,25 @@ class Node:
         yield self.node.stop()
 
 
+@pytest_twisted.inlineCallbacks
+def tearDown(redis: RedisServer, nodes: list[Node | None], clients: Sequence[Any] = ()) -> Any:
+    """Clients, then nodes, then Redis (thawed first, in case a test froze it)."""
+    redis.thaw()
+    stopClients(list(clients))
+    for n in nodes:
+        if n is not None:
+            yield n.stop()
+    redis.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def joined(redis: RedisServer, *names: str, **backend: Any) -> Any:
+    nodes = [Node(redis, name, **backend) for name in names]
+    for n in nodes:
+        yield n.up()
+    return nodes
+
+
 def delta(first: int, nextSeq: int, messages: list[tuple[int, bytes]], full: bool) -> SessionDelta:
     return SessionDelta(
         received=0, nextSeq=nextSeq, acked=first - 1, first=first, messages=messages, full=full
@@ -71,9 +91,7 @@ def test_sessionScriptsClaimFenceTrimAndExpire() -> Any:
     redis = yield RedisServer.start()
     a = b = None
     try:
-        a, b = Node(redis, "a"), Node(redis, "b")
-        yield a.up()
-        yield b.up()
+        a, b = yield joined(redis, "a", "b")
         ba, bb = a.backend, b.backend
         found = yield ba.claimSession(SID, b"me", "a#1")
         assert found is None
@@ -105,10 +123,7 @@ def test_sessionScriptsClaimFenceTrimAndExpire() -> Any:
         # A delta for a session Redis lost (a restart) is written in full.
         yield ba.commitSession(SID, b"me", "a#3", delta(1, 1, [], False), 30)
     finally:
-        for n in (a, b):
-            if n is not None:
-                yield n.stop()
-        redis.stop()
+        yield tearDown(redis, [a, b])
 
 
 @pytest_twisted.inlineCallbacks
@@ -116,9 +131,7 @@ def test_presenceLeavesWithAKilledNode() -> Any:
     redis = yield RedisServer.start()
     a = b = None
     try:
-        a, b = Node(redis, "a", ttl=0.6), Node(redis, "b", ttl=0.6)
-        yield a.up()
-        yield b.up()
+        a, b = yield joined(redis, "a", "b", ttl=0.6)
         nodes = yield b.node.view()
         assert [n.name for n in nodes] == ["a", "b"]
         # "Kill" a: it stops renewing (and does not say goodbye).
@@ -134,10 +147,7 @@ def test_presenceLeavesWithAKilledNode() -> Any:
         yield waitFor(gone, 3, "a to leave presence")
         assert reactor.seconds() - killed >= 0.3  # it was listed until its TTL ran out
     finally:
-        for n in (a, b):
-            if n is not None:
-                yield n.stop()
-        redis.stop()
+        yield tearDown(redis, [a, b])
 
 
 @pytest_twisted.inlineCallbacks
@@ -146,9 +156,7 @@ def test_sendToAcrossNodesAndItsErrors() -> Any:
     a = b = None
     clients = []
     try:
-        a, b = Node(redis, "a"), Node(redis, "b")
-        yield a.up()
-        yield b.up()
+        a, b = yield joined(redis, "a", "b")
         f = client("dev", [b.address])
         f.connect()
         clients.append(f)
@@ -179,11 +187,7 @@ def test_sendToAcrossNodesAndItsErrors() -> Any:
             yield a.node.broadcast(b"x")
         assert a.node.localOnlyBroadcasts == 1
     finally:
-        stopClients(clients)
-        for n in (a, b):
-            if n is not None:
-                yield n.stop()
-        redis.stop()
+        yield tearDown(redis, [a, b], clients)
 
 
 @pytest_twisted.inlineCallbacks
@@ -229,11 +233,7 @@ def test_nothingReachesAClientBeforeItIsSaved() -> Any:
             "the full save",
         )
     finally:
-        redis.thaw()
-        stopClients(clients)
-        if a is not None:
-            yield a.stop()
-        redis.stop()
+        yield tearDown(redis, [a], clients)
 
 
 @pytest_twisted.inlineCallbacks
@@ -246,9 +246,7 @@ def test_aSessionThatMovesIsNotCountedLost() -> Any:
     a = b = None
     clients = []
     try:
-        a, b = Node(redis, "a"), Node(redis, "b")
-        yield a.up()
-        yield b.up()
+        a, b = yield joined(redis, "a", "b")
         f = client("dev", [a.address, b.address])
         f.connect()
         clients.append(f)
@@ -262,11 +260,7 @@ def test_aSessionThatMovesIsNotCountedLost() -> Any:
         assert a.factory.sessions == {} and a.factory.sessionsExpired == 0
         assert a.factory.sessionsEvicted == 0
     finally:
-        stopClients(clients)
-        for n in (a, b):
-            if n is not None:
-                yield n.stop()
-        redis.stop()
+        yield tearDown(redis, [a, b], clients)
 
 
 @pytest_twisted.inlineCallbacks
@@ -295,8 +289,4 @@ def test_pongsDoNotWaitForRedis() -> Any:
         yield waitFor(lambda: succeed(f.received == [b"waits"]), 5, "the held message")
         assert f.connected is protocol
     finally:
-        redis.thaw()
-        stopClients(clients)
-        if a is not None:
-            yield a.stop()
-        redis.stop()
+        yield tearDown(redis, [a], clients)
