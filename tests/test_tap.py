@@ -105,6 +105,15 @@ class BadOptionTests(SynchronousTestCase):
     """
 
     cases = [
+        (
+            ["--host", "a:1", "--adaptive-interval", "5"],
+            "--adaptive-interval (5) must be longer than --interval (10)",
+        ),
+        (
+            ["--host", "a:1", "--adaptive-interval", "60", "--require-pongs"],
+            "--adaptive-interval and --require-pongs do not mix",
+        ),
+        (["--listen", "tcp:1", "--adaptive-interval", "60"], "--adaptive-interval is a client"),
         (["--host", "a:1", "--interval", "-1"], "--interval must be a positive number of seconds"),
         (["--host", "a:1", "--interval", "ten"], "--interval must be a number of seconds"),
         (
@@ -400,3 +409,15 @@ class OperatorTests(SynchronousTestCase):
                 globalLogPublisher.removeObserver(observer)
             lines = [e for e in events if "Heartbeat from" in str(e.get("log_format"))]
             self.assertEqual(len(lines), expected, args)
+
+
+class AdaptiveOptionTests(SynchronousTestCase):
+    def test_adaptiveInterval(self) -> None:
+        o = parse(
+            "--host", "a:1", "--interval", "5", "--timeout", "15", "--adaptive-interval", "120"
+        )
+        self.assertEqual(o["heartbeat"].adaptiveInterval, 120.0)
+        service = next(s for s in makeService(o) if isinstance(s, KeepaliveClientService))
+        adaptive = service.factory.adaptive
+        assert adaptive is not None
+        self.assertEqual((adaptive.base, adaptive.maximum), (5.0, 120.0))

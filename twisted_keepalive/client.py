@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .adaptive import AdaptiveInterval
 from .backoff import RetryPolicy, jitteredBackoff
 from .config import HeartbeatConfig
 from .errors import (
@@ -255,6 +256,11 @@ class KeepaliveClientFactory(ReconnectingClientFactory):
         if queueSize < 0:
             raise ValueError(f"queue size must be >= 0, not {queueSize!r}")
         self.heartbeatConfig = heartbeatConfig or HeartbeatConfig()
+        config = self.heartbeatConfig
+        #: Learns the path's idle limit across connections (adaptiveInterval).
+        self.adaptive: AdaptiveInterval | None = None
+        if config.adaptiveInterval is not None:
+            self.adaptive = AdaptiveInterval(config.interval, config.adaptiveInterval)
         self.retryPolicy = retryPolicy
         self.random = random
         self._derived: tuple[tuple[Any, ...], RetryPolicy] | None = None

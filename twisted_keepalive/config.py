@@ -46,6 +46,12 @@ class HeartbeatConfig:
         client's bounds fails the handshake; within them, a longer one
         scales the dead-peer timeout in proportion (so at most 4 x
         C{timeout} by default): no server can make a client deaf.
+    @ivar adaptiveInterval: client only: learn the longest idle gap the path
+        survives (a NAT's timeout) and ping just inside it, up to this many
+        seconds (L{AdaptiveInterval}; docs/tuning.md).  A dead peer is then
+        detected within C{adaptiveInterval + timeout - interval}.  The
+        server's idle timeout must allow it (the client never exceeds 80 %
+        of the timeout the server announces).
     @ivar requirePongs: client only: the peer is alive only while it
         answers our PINGs.  PINGs go out every C{interval} whatever else
         flows, and the peer is declared dead C{timeout} after its last
@@ -81,6 +87,7 @@ class HeartbeatConfig:
     timeout: float = 30.0
     minInterval: float | None = None
     maxInterval: float | None = None
+    adaptiveInterval: float | None = None
     requirePongs: bool = False
     handshakeTimeout: float = 10.0
     closeTimeout: float = 5.0
@@ -121,6 +128,15 @@ class HeartbeatConfig:
                 f"maxInterval must be at least interval and at most {MAX_WIRE_SECONDS:.0f} s, "
                 f"not {self.maxInterval!r}"
             )
+        if self.adaptiveInterval is not None and not (
+            self.interval < self.adaptiveInterval <= MAX_WIRE_SECONDS
+        ):
+            raise ValueError(
+                f"adaptiveInterval must be longer than interval ({self.interval:g}s), "
+                f"not {self.adaptiveInterval!r}"
+            )
+        if self.adaptiveInterval is not None and self.requirePongs:
+            raise ValueError("adaptiveInterval and requirePongs do not mix")
         if not MIN_MAX_FRAME <= self.maxFrame <= MAX_WIRE_FRAME:
             raise ValueError(f"maxFrame must be between {MIN_MAX_FRAME} and 2**32-1")
         if self.clientId is not None and len(self.clientId.encode("utf-8")) > MAX_FIELD_BYTES:

@@ -85,6 +85,8 @@ class HandshakeCompleted:
 @dataclass(frozen=True, slots=True)
 class PongReceived:
     rtt: float
+    #: Seconds nothing went either way before the PING it answers was sent.
+    idle: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +249,7 @@ class KeepaliveConnection:
         self._outbox: list[bytes] = []
         # A list, not a deque: usually 0-1 entries, and a deque costs ~600
         # bytes per connection (bench/idle_fleet.py measures memory).
-        self._outstanding: list[tuple[int, float, int]] = []
+        self._outstanding: list[tuple[int, float, int, float]] = []
         self._nextPingId = 1
         # Pings dropped from _outstanding by its cap (a peer we did not read
         # for a long time): their PONGs are still owed and are let through.
@@ -424,6 +426,14 @@ class KeepaliveConnection:
             self._ping(now)
         return verdict
 
+    @property
+    def unansweredIdle(self) -> float | None:
+        """
+        The silence before the newest PING still unanswered, or L{None}: what
+        an adaptive interval learns from when the path dies.
+        """
+        return self._outstanding[-1][3] if self._outstanding else None
+
     def _ping(self, now: float) -> None:
         pingId = self._nextPingId
         self._nextPingId = (pingId + 1) & 0xFFFFFFFF or 1
@@ -431,7 +441,13 @@ class KeepaliveConnection:
         if len(self._outstanding) >= MAX_OUTSTANDING_PINGS:
             del self._outstanding[0]
             self._forgottenPings += 1
-        self._outstanding.append((pingId, now, stamp))
+        liveness = self.liveness
+        last = (
+            liveness.lastSent
+            if liveness.lastSent > liveness.lastReceived
+            else (liveness.lastReceived)
+        )
+        self._outstanding.append((pingId, now, stamp, now - last))
         self._emit(encodePing(pingId, stamp), now)
         self.liveness.pingSent(now)
         self.pingsSent += 1
@@ -541,9 +557,9 @@ class KeepaliveConnection:
             return
         # A well-formed PING was answered in receive; parseFrame rejected the rest.
         if isinstance(frame, Pong):
-            rtt = self._pong(frame, now)
-            if rtt is not None:
-                events.append(PongReceived(rtt))
+            answered = self._pong(frame, now)
+            if answered is not None:
+                events.append(PongReceived(*answered))
         elif isinstance(frame, Ack):
             if self.session is None:
                 raise RemoteProtocolError("ACK outside a session")
@@ -563,7 +579,7 @@ class KeepaliveConnection:
             self._ping(now)  # a server measures RTT too, now and then
         return gap
 
-    def _pong(self, pong: Pong, now: float) -> float | None:
+    def _pong(self, pong: Pong, now: float) -> tuple[float, float] | None:
         if self._forgottenPings:
             # Answers come in order, so the first ones are for the pings the
             # cap forgot (nothing to time them against)...
@@ -573,7 +589,7 @@ class KeepaliveConnection:
             self._forgottenPings = 0  # ...unless the oldest remembered one is answered
         if not self._outstanding:
             raise RemoteProtocolError(f"PONG {pong.id} for a ping never sent")
-        pingId, sentAt, stamp = self._outstanding[0]
+        pingId, sentAt, stamp, idle = self._outstanding[0]
         if pong.id != pingId or pong.timestamp != stamp:
             raise RemoteProtocolError(
                 f"PONG {pong.id} does not answer the oldest outstanding PING {pingId}"
@@ -583,7 +599,7 @@ class KeepaliveConnection:
         rtt = max(0.0, now - sentAt)
         self.rtt.add(rtt)
         self.pongsReceived += 1
-        return rtt
+        return rtt, idle
 
     def _handshake(self, hello: Hello, now: float, events: list[Event]) -> None:
         cfg = self.config

@@ -5,10 +5,11 @@ real-socket tests of anything built on this library (or not).
 Faults, each per direction where that makes sense: pass through; blackhole
 (bytes vanish, nothing is closed, as when a NAT forgets the flow); added
 latency; a bandwidth limit; reset both sides (RST); half-close (FIN one
-way); cut the connection after N bytes.  The proxy holds at most about
-C{HIGH_WATER} bytes per direction: when a receiver is slow it stops reading
-from the sender, so backpressure reaches the sender as it would on a real
-path.
+way); cut the connection after N bytes; and a NAT mode, where each flow
+idle for a given time is forgotten for good, as a NAT table entry
+expiring.  The proxy holds at most about C{HIGH_WATER} bytes per
+direction: when a receiver is slow it stops reading from the sender, so
+backpressure reaches the sender as it would on a real path.
 """
 
 from __future__ import annotations
@@ -84,6 +85,43 @@ class _Valve:
         pass
 
 
+class _Flow:
+    """
+    One proxied connection as a NAT sees it: forgotten once idle (nothing
+    either way) for the proxy's C{natTimeout}; from then on its bytes
+    vanish both ways, with no FIN and no RST.  One lazy timer per flow,
+    rescheduled for the remainder when traffic came meanwhile.
+    """
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        self.lastActive = proxy.reactor.seconds()
+        self.forgotten = False
+        self.timer: IDelayedCall | None = None
+
+    def touch(self, now: float) -> None:
+        self.lastActive = now
+        if self.timer is None and self.proxy.natTimeout is not None:
+            self.timer = self.proxy.reactor.callLater(self.proxy.natTimeout, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        timeout = self.proxy.natTimeout
+        if timeout is None or self.forgotten:
+            return
+        idle = self.proxy.reactor.seconds() - self.lastActive
+        if idle >= timeout:
+            self.forgotten = True
+            self.proxy.natForgotten += 1
+            return
+        self.timer = self.proxy.reactor.callLater(timeout - idle, self._check)
+
+    def stop(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
 class _Leg(Protocol):
     """
     One side of a proxied connection: bytes it receives go to its twin,
@@ -101,6 +139,7 @@ class _Leg(Protocol):
         self.valve: _Valve | None = None  # pauses the twin when we are full
         self.lost: Deferred[None] = Deferred()
         self.connected = False
+        self.flow: _Flow | None = None  # shared with the twin
 
     @property
     def direction(self) -> Direction:
@@ -123,9 +162,12 @@ class _Leg(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         rules = self.direction
-        if not rules.forward:
+        flow = self.flow
+        if not rules.forward or (flow is not None and flow.forgotten):
             rules.dropped += len(data)
             return
+        if flow is not None:
+            flow.touch(self.proxy.reactor.seconds())
         rules.passed += len(data)
         if rules.cutAfter is not None:
             rules.cutAfter -= len(data)
@@ -173,6 +215,8 @@ class _Leg(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
+        if self.flow is not None:
+            self.flow.stop()
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -221,6 +265,10 @@ class FaultProxy:
         self.down = Direction()
         self.propagateClose = True
         self.accepted = 0
+        #: NAT mode: seconds of idleness after which a flow is forgotten.
+        self.natTimeout: float | None = None
+        #: Flows the NAT mode forgot.
+        self.natForgotten = 0
         self._legs: set[_Leg] = set()
         self._port: Any = None
 
@@ -283,6 +331,20 @@ class FaultProxy:
         for d in self._directions(clientToServer, serverToClient):
             d.cutAfter = nbytes
 
+    def nat(self, idleTimeout: float | None) -> None:
+        """
+        Behave as a NAT (or a load balancer) whose table entries expire: a
+        flow idle (nothing either way) for C{idleTimeout} seconds is
+        forgotten, and its bytes vanish both ways from then on, with no FIN
+        and no RST.  L{None} turns it off (flows already forgotten stay so).
+        """
+        self.natTimeout = idleTimeout
+        now = self.reactor.seconds()
+        for leg in self._legs:
+            if leg.flow is not None and not leg.flow.forgotten:
+                leg.flow.stop()
+                leg.flow.touch(now)
+
     def reset(self) -> None:
         """
         Abort every proxied connection: both peers see a reset (RST).
@@ -325,6 +387,8 @@ class FaultProxy:
                 proxy.accepted += 1
                 inbound, outbound = _Leg(proxy, inbound=True), _Leg(proxy, inbound=False)
                 inbound.twin, outbound.twin = outbound, inbound
+                inbound.flow = outbound.flow = flow = _Flow(proxy)
+                flow.touch(flow.lastActive)
                 proxy.reactor.connectTCP(proxy.targetHost, proxy.targetPort, _Connect(outbound))
                 return inbound
 

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .adaptive import AdaptiveInterval
 from .budget import MemoryBudget
 from .config import HeartbeatConfig
 from .connection import (
@@ -225,6 +226,8 @@ class HeartbeatProtocol(Protocol):
         self._savedTimeout: float | None = None
         self._lost = False
         self._readyWaiters: list[Deferred[HeartbeatProtocol]] = []
+        self._adaptive: AdaptiveInterval | None = None
+        self._baseTimeout = 0.0
 
     # Settings
 
@@ -325,6 +328,7 @@ class HeartbeatProtocol(Protocol):
         if core.role is Role.CLIENT:
             # A session to offer (KeepaliveClientFactory with resume=True).
             core.session = getattr(self.factory, "resumeSession", None)
+            self._adaptive = getattr(self.factory, "adaptive", None)
         else:
             sessionFor = getattr(self.factory, "heartbeatSessionFor", None)
             if sessionFor is not None:
@@ -823,6 +827,9 @@ class HeartbeatProtocol(Protocol):
             if self._pingHook is not None:
                 self._pingHook(self, event.at, event.gap)
         elif isinstance(event, PongReceived):
+            adaptive = self._adaptive
+            if adaptive is not None and adaptive.survived(event.idle, self._now()):
+                self._applyAdaptive("raised")
             self.pongReceived(event.rtt)
         elif isinstance(event, HandshakeCompleted):
             self._handshakeDone(event)
@@ -899,6 +906,10 @@ class HeartbeatProtocol(Protocol):
             self._sweeper = sweeper
             sweeper.add(self, self.core.liveness, self._declareDead)  # type: ignore[union-attr]
         else:
+            if self._adaptive is not None:
+                assert self.core is not None
+                self._baseTimeout = self.core.liveness.timeout or 0.0
+                self._applyAdaptive()
             # Only clients (and servers without a sweeper) need a timer each;
             # made here, not per connection attempt.
             self._timer = IdleTimer(self.clock, self.core.liveness, self._onTimer)  # type: ignore[union-attr]
@@ -919,6 +930,34 @@ class HeartbeatProtocol(Protocol):
         waiters, self._readyWaiters = self._readyWaiters, []
         for d in waiters:
             d.callback(self)
+
+    def _applyAdaptive(self, why: str | None = None) -> None:
+        """
+        Ping at the adaptive interval (within 80 % of the server's eviction
+        timeout), and give each PING what the configured interval and
+        timeout left for its answer.
+        """
+        core, adaptive = self.core, self._adaptive
+        assert core is not None and adaptive is not None and core.peerHello is not None
+        interval = adaptive.current
+        serverTimeout = core.peerHello.timeout
+        if serverTimeout:
+            interval = min(interval, 0.8 * serverTimeout)
+        interval = max(interval, core.interval or interval)
+        liveness = core.liveness
+        if interval == liveness.interval:
+            return
+        liveness.interval = interval
+        liveness.timeout = interval + max(self._baseTimeout - (core.interval or 0.0), 0.0)
+        if why is not None:
+            self.log.info(
+                "Heartbeat interval {why} to {interval:.3g}s with {peer}: "
+                "the path kept {good:.3g}s of silence",
+                why=why,
+                interval=interval,
+                peer=self.peer,
+                good=adaptive.good,
+            )
 
     def _peerClosed(self, event: CloseReceived) -> None:
         self._reason = PeerClosed(event.code, event.reason, event.retryAfter)
@@ -992,6 +1031,13 @@ class HeartbeatProtocol(Protocol):
         timeout = self.core.liveness.timeout
         assert timeout is not None
         what = "PONG" if self.core.liveness.requirePongs else "data"
+        adaptive, idle = self._adaptive, self.core.unansweredIdle
+        if adaptive is not None and idle is not None and adaptive.died(idle, now):
+            self.log.info(
+                "The path died after {idle:.3g}s of silence: next interval {interval:.3g}s",
+                idle=idle,
+                interval=adaptive.current,
+            )
         self.peerLog(
             "dead",
             "warn",

@@ -127,6 +127,12 @@ class StatusCollector(Collector):
                 yield GaugeMetricFamily(
                     "keepalive_smoothed_rtt_seconds", "Smoothed RTT (RFC 6298).", status["rtt"]
                 )
+            if status.get("interval") is not None:
+                yield GaugeMetricFamily(
+                    "keepalive_client_interval_seconds",
+                    "The ping interval in use (learned, with --adaptive-interval).",
+                    status["interval"],
+                )
         else:
             yield GaugeMetricFamily(
                 "keepalive_server_connections", "Live connections.", len(status["connections"])

@@ -80,7 +80,25 @@ def clientStatus(factory: KeepaliveClientFactory, totals: Totals | None = None) 
         "attempts": f.attempts,
         "failures": f.failures,
         "last_error": f.lastError,
+        "interval": (
+            protocol.core.liveness.interval
+            if protocol is not None and protocol.core is not None
+            else None
+        ),
+        "adaptive": _adaptive(f.adaptive),
         **(totals or Totals()).withLive([protocol] if protocol is not None else []),
+    }
+
+
+def _adaptive(adaptive: Any) -> dict[str, Any] | None:
+    if adaptive is None:
+        return None
+    return {
+        "current": adaptive.current,
+        "longest_survived": adaptive.good,
+        "shortest_failed": adaptive.failed,
+        "learned": not adaptive.learning,
+        "deaths": adaptive.deaths,
     }
 
 

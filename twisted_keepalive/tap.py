@@ -269,6 +269,15 @@ class Options(usage.Options):
             "Read the shared secret from this file (its first line).",
         ],
         [
+            "adaptive-interval",
+            None,
+            None,
+            "Client: learn the longest silence the path survives (a NAT's timeout) "
+            "and ping just inside it, up to this many seconds; a dead server is then "
+            "detected within this + --timeout - --interval.",
+            _seconds("--adaptive-interval", wire=True),
+        ],
+        [
             "max-interval",
             None,
             None,
@@ -580,7 +589,7 @@ class Options(usage.Options):
         for flag in ("stdio", "require-pongs"):
             if self[flag]:
                 raise usage.UsageError(f"--{flag} is a client option")
-        for name in ("raw-ping", "raw-expect", "client-id", "max-interval"):
+        for name in ("raw-ping", "raw-expect", "client-id", "max-interval", "adaptive-interval"):
             if self[name] is not None:
                 raise usage.UsageError(f"--{name} is a client option")
         if self["cluster"] is not None:
@@ -642,6 +651,14 @@ class Options(usage.Options):
         token = self["secret"]
         try:
             if client:
+                adaptive = self["adaptive-interval"]
+                if adaptive is not None and adaptive <= self["interval"]:
+                    raise ValueError(
+                        f"--adaptive-interval ({adaptive:g}) must be longer than "
+                        f"--interval ({self['interval']:g})"
+                    )
+                if adaptive is not None and self["require-pongs"]:
+                    raise ValueError("--adaptive-interval and --require-pongs do not mix")
                 if self["max-interval"] is not None and self["max-interval"] < self["interval"]:
                     raise ValueError(
                         f"--max-interval ({self['max-interval']:g}) must be at least "
@@ -651,6 +668,7 @@ class Options(usage.Options):
                     interval=self["interval"],
                     timeout=self["timeout"],
                     maxInterval=self["max-interval"],
+                    adaptiveInterval=self["adaptive-interval"],
                     requirePongs=bool(self["require-pongs"]),
                     maxFrame=self["max-frame"],
                     clientId=self["client-id"],

@@ -28,6 +28,10 @@ class MemoryPair:
 
     @ivar clientToServer: forward bytes the client writes (else drop them).
     @ivar serverToClient: forward bytes the server writes (else drop them).
+    @ivar natTimeout: behave as a NAT whose entry expires: once nothing has
+        crossed either way for this many seconds, the flow is forgotten and
+        every byte vanishes from then on (L{None}: never).
+    @ivar natForgotten: the NAT forgot this flow.
     """
 
     def __init__(self, client: Protocol, server: Protocol, clock: Clock | None = None) -> None:
@@ -41,6 +45,9 @@ class MemoryPair:
         self.clientToServer = True
         self.serverToClient = True
         self.closed = False
+        self.natTimeout: float | None = None
+        self.natForgotten = False
+        self._lastActive = self.clock.seconds()
 
     @classmethod
     def fromFactories(
@@ -76,6 +83,8 @@ class MemoryPair:
             fromServer = self.serverTransport.value()
             self.clientTransport.clear()
             self.serverTransport.clear()
+            if (fromClient or fromServer) and self._natDrops():
+                fromClient = fromServer = b""
             if fromClient and self.clientToServer:
                 self.server.dataReceived(fromClient)
             if fromServer and self.serverToClient:
@@ -84,6 +93,15 @@ class MemoryPair:
                 return
             if not (self.clientTransport.value() or self.serverTransport.value()):
                 return
+
+    def _natDrops(self) -> bool:
+        """Bytes are about to cross: the NAT forgot the flow, or it is active now."""
+        now = self.clock.seconds()
+        if self.natTimeout is not None and now - self._lastActive >= self.natTimeout:
+            self.natForgotten = True
+        if not self.natForgotten:
+            self._lastActive = now
+        return self.natForgotten
 
     def advance(self, seconds: float, step: float | None = None) -> None:
         """
@@ -127,11 +145,13 @@ class FakeNetwork:
     hints are tested exactly, without a socket.
 
     @ivar pairs: the L{MemoryPair} of every accepted connection.
+    @ivar natTimeout: given to every accepted pair (L{MemoryPair.natTimeout}).
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, natTimeout: float | None = None) -> None:
         self.reactor = reactor
         self.pairs: list[MemoryPair] = []
+        self.natTimeout = natTimeout
         self._answered = 0
 
     @property
@@ -158,7 +178,9 @@ class FakeNetwork:
         host, port, factory, _ = self._next()
         client = factory.buildProtocol(IPv4Address("TCP", host, port))
         server = serverFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
-        pair = MemoryPair(client, server, self.reactor).connect()
+        pair = MemoryPair(client, server, self.reactor)
+        pair.natTimeout = self.natTimeout
+        pair.connect()
         self.pairs.append(pair)
         return pair
 
