@@ -190,3 +190,41 @@ class PropertyTests(SynchronousTestCase):
         except RemoteProtocolError:
             return
         self.assertLessEqual(decoder.buffered, maxFrame + 4)
+
+
+class LargeFrameSplitTests(SynchronousTestCase):
+    """
+    Large frames split anywhere (held as views of the reads, completed with
+    one copy) and trickled ones (gathered in place) decode the same, and
+    every payload is bytes.
+    """
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(st.integers(0, 9000), min_size=1, max_size=6),
+        st.data(),
+    )
+    def test_largeFramesAnySplit(self, sizes: list[int], data: st.DataObject) -> None:
+        payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+        stream = b"".join(encodeData(p) for p in payloads)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=40)))
+        decoder = FrameDecoder()
+        got: list[bytes] = []
+        previous = 0
+        for cut in [*cuts, len(stream)]:
+            for ftype, _, payload in decoder.feed(stream[previous:cut]):
+                self.assertIs(type(payload), bytes)
+                got.append(payload)
+            previous = cut
+        self.assertEqual(got, payloads)
+        self.assertEqual(decoder.buffered, 0)
+
+    def test_tricklesThenALargeRead(self) -> None:
+        payloads = [b"a" * 3000, b"b" * 70000, b"c" * 10]
+        stream = b"".join(encodeData(p) for p in payloads)
+        decoder = FrameDecoder()
+        got = []
+        for i in range(40):  # one byte at a time: gathered in place
+            got.extend(p for _, _, p in decoder.feed(stream[i : i + 1]))
+        got.extend(p for _, _, p in decoder.feed(stream[40:]))
+        self.assertEqual(got, payloads)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,7 @@ from .logflood import PeerLogLimiter
 from .rtt import RTTEstimator
 from .session import Session
 from .sweep import IdleSweeper
-from .tcp import applyTCPKeepalive, findSocket
+from .tcp import KERNEL_TICK, applyTCPKeepalive, findSocket, lastDataSent
 from .timer import IdleTimer
 
 _CLOSED = State.CLOSED
@@ -228,6 +229,12 @@ class HeartbeatProtocol(Protocol):
         self._readyWaiters: list[Deferred[HeartbeatProtocol]] = []
         self._adaptive: AdaptiveInterval | None = None
         self._baseTimeout = 0.0
+        # The fast send path's counters, folded into the engine's on demand.
+        self._drainFast: Callable[[], int] | None = None
+        self._resumedFast: Callable[[], None] | None = None
+        self._wroteSinceCheck = False
+        self._kernelClock = False
+        self._socket: socket.socket | None = None
 
     # Settings
 
@@ -394,6 +401,9 @@ class HeartbeatProtocol(Protocol):
         if self._lost:
             return
         self._lost = True
+        if self._drainFast is not None:
+            self._drainFast()
+            self.__dict__.pop("sendMessage", None)  # the class's own again: it raises
         self._cancelTimers()
         self._releaseOutput()
         if self.core is not None:
@@ -578,6 +588,7 @@ class HeartbeatProtocol(Protocol):
         core = self.core
         if core is None:
             raise LocalProtocolError("no connection yet")
+        self.flushCounters()
         live = core.liveness
         rtt = core.rtt
         return HeartbeatStats(
@@ -685,6 +696,8 @@ class HeartbeatProtocol(Protocol):
     def resumeProducing(self) -> None:
         self.outputPaused = False
         self._pendingWhilePaused = 0
+        if self._resumedFast is not None:
+            self._resumedFast()
         self._releaseOutput()  # the transport has written it all
         if self._producer is not None:
             self._updateProducer()
@@ -921,6 +934,7 @@ class HeartbeatProtocol(Protocol):
             interval=event.interval,
             timeout=event.timeout,
         )
+        self._installFastSend()
         # The factory first: it flushes messages queued while disconnected,
         # so they go out before anything the application sends now.
         notify = getattr(self.factory, "heartbeatConnectionReady", None)
@@ -958,6 +972,128 @@ class HeartbeatProtocol(Protocol):
                 peer=self.peer,
                 good=adaptive.good,
             )
+
+    def _installFastSend(self) -> None:
+        """
+        Without a session, sending is framing, counting and writing: done by
+        a closure over what it needs (no attribute lookups per message) put
+        in place of L{sendMessage} on this instance, unless a subclass
+        overrides it.  Its counters reach the engine's when anything reads
+        them (L{flushCounters}).
+
+        When is a write known to have happened?  A server never pings on a
+        timer: it needs no time.  A client on Linux asks the kernel when the
+        socket last sent (TCP_INFO) once per heartbeat check, and only if it
+        wrote since the last one: no clock per message.  Elsewhere, a clock
+        reading per message, as before.
+        """
+        core = self.core
+        assert core is not None
+        if core.session is not None or type(self).sendMessage is not HeartbeatProtocol.sendMessage:
+            return
+        limit, open_, pack = core.fastLimit, _OPEN, _packHeader
+        write = self.transport.write  # type: ignore[union-attr]
+        slow = HeartbeatProtocol.sendMessage
+        protocol = self
+        pausedLimit = self._pausedLimit
+        count = size = held = 0
+        timed = core.role is Role.CLIENT and not self._kernelKnowsLastSent()
+        self._kernelClock = core.role is Role.CLIENT and not timed
+        liveness, now = core.liveness, self._now
+
+        def paused(length: int) -> bool:
+            # The peer is behind: count what we hold for it, and past the
+            # cheap bound let the careful path decide (budget, slow peer).
+            nonlocal held
+            held += length + 4
+            if held > pausedLimit:
+                protocol._pendingWhilePaused += held
+                held = 0
+                if protocol._pendingWhilePaused > pausedLimit:
+                    return protocol._mayHold(length + 4)
+            return True
+
+        if timed:
+
+            def sendMessage(message: bytes) -> None:
+                nonlocal count, size
+                length = len(message) + 2
+                if length > limit or core.state is not open_:
+                    slow(protocol, message)  # raises the precise error
+                    return
+                if protocol.outputPaused and not paused(length):
+                    return
+                count += 1
+                size += length
+                liveness.lastSent = now()
+                write(pack(length, 4, 0) + message)
+
+        else:
+
+            def sendMessage(message: bytes) -> None:
+                nonlocal count, size
+                length = len(message) + 2
+                if length > limit or core.state is not open_:
+                    slow(protocol, message)  # raises the precise error
+                    return
+                if protocol.outputPaused and not paused(length):
+                    return
+                count += 1
+                size += length
+                write(pack(length, 4, 0) + message)
+
+        def drain() -> int:
+            nonlocal count, size
+            n = count
+            if n:
+                core.messagesOut += n
+                core.bytesOut += size + 4 * n
+                count = size = 0
+                self._wroteSinceCheck = True
+            return n
+
+        def resumed() -> None:
+            nonlocal held
+            held = 0
+
+        self._resumedFast = resumed
+        self._drainFast = drain
+        self.sendMessage = sendMessage  # type: ignore[method-assign]
+
+    def _kernelKnowsLastSent(self) -> bool:
+        self._socket = sock = findSocket(self.transport)
+        return sock is not None and lastDataSent(sock) is not None
+
+    def flushCounters(self) -> None:
+        """Bring the engine's counters up to date (the fast path counts apart)."""
+        if self._drainFast is not None:
+            self._drainFast()
+
+    def _refreshLastSent(self, now: float) -> None:
+        """
+        Before a heartbeat check: if the fast path wrote since the last one
+        without reading the clock, learn when the socket last sent.
+        """
+        drain = self._drainFast
+        if drain is None:
+            return
+        drain()
+        if not self._wroteSinceCheck:
+            return
+        self._wroteSinceCheck = False
+        core = self.core
+        assert core is not None
+        if not self._kernelClock or self._socket is None:
+            return  # timed per message (or a server: no pings on a timer)
+        t = self._plainTCP
+        if t is not None and (t._tempDataLen or t.offset < len(t.dataBuffer)):
+            sent = now  # still writing
+        else:
+            ago = lastDataSent(self._socket)
+            # The kernel counts in ticks: never take a write for older than it is.
+            sent = now if ago is None else now - max(0.0, ago - KERNEL_TICK)
+        if sent > core.liveness.lastSent:
+            core.liveness.lastSent = sent
 
     def _peerClosed(self, event: CloseReceived) -> None:
         self._reason = PeerClosed(event.code, event.reason, event.retryAfter)
@@ -1017,6 +1153,8 @@ class HeartbeatProtocol(Protocol):
         assert core is not None
         if core.state is not State.OPEN:
             return False
+        if self._drainFast is not None:
+            self._refreshLastSent(now)
         verdict = core.tick(now)
         if verdict is Verdict.PING:
             self._flush()

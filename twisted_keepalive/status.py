@@ -33,6 +33,9 @@ def _counters(protocol: Any) -> dict[str, int]:
     core = getattr(protocol, "core", None)
     if core is None:
         return {}  # not connected, or a foreign protocol: no frames
+    flush = getattr(protocol, "flushCounters", None)
+    if flush is not None:
+        flush()
     return {key: getattr(core, name) for key, name in COUNTERS.items()}
 
 
