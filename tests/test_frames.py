@@ -212,7 +212,7 @@ class LargeFrameSplitTests(SynchronousTestCase):
         got: list[bytes] = []
         previous = 0
         for cut in [*cuts, len(stream)]:
-            for ftype, _, payload in decoder.feed(stream[previous:cut]):
+            for _ftype, _, payload in decoder.feed(stream[previous:cut]):
                 self.assertIs(type(payload), bytes)
                 got.append(payload)
             previous = cut
