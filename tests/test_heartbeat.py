@@ -745,3 +745,97 @@ class NoDelayTests(ClockTestCase):
 
     def test_canBeKept(self) -> None:
         self.assertEqual(self.connection(HeartbeatConfig(tcpNoDelay=False)), 0)
+
+
+class KernelClockTests(ClockTestCase):
+    """
+    On a real TCP socket (Linux) a client's fast send path reads no clock:
+    each heartbeat check that follows writes asks the kernel when the
+    socket last sent (TCP_INFO), so pings stay exactly as due.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        import socket
+
+        from twisted_keepalive import heartbeat
+
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        self.ago: float | None = 0.0
+        self.asked = 0
+
+        def lastDataSent(s: object) -> float | None:
+            self.asked += 1
+            return self.ago
+
+        self.patch(heartbeat, "lastDataSent", lastDataSent)
+
+        class Transport(StringTransport):
+            def getHandle(self) -> object:
+                return sock
+
+        self.transport = Transport()
+        self.protocol = HeartbeatProtocol(
+            HeartbeatConfig(interval=10.0, timeout=30.0), role=Role.CLIENT, clock=self.clock
+        )
+        self.protocol.makeConnection(self.transport)
+        self.protocol.dataReceived(encodeHello(Hello(PROTOCOL_VERSION, 10.0, 60.0, 1 << 20)))
+        self.transport.clear()
+        self.addCleanup(self.protocol.connectionLost, Failure(ConnectionDone()))
+        self.asked = 0
+        # The writer-idle rule alone (the peer's silence would ping too).
+        self.protocol.core.liveness.probeSilence = False  # type: ignore[union-attr]
+
+    def pings(self) -> list[object]:
+        frames = [f for f in _frames(self.transport.value()) if isinstance(f, Ping)]
+        self.transport.clear()
+        return frames
+
+    def test_noClockPerMessageAndPingsStillExact(self) -> None:
+        liveness = self.protocol.core.liveness  # type: ignore[union-attr]
+        self.assertIn("sendMessage", vars(self.protocol))  # the fast path
+        self.advance(2.0)
+        self.protocol.sendMessage(b"hello")
+        self.assertEqual(liveness.lastSent, 0.0)  # no clock read
+        self.advance(8.0 - 0.125)
+        self.assertEqual((self.pings(), self.asked), ([], 0))
+        # The check at 10 s: the kernel says the last send was 8 s ago.
+        self.ago = 8.0
+        self.advance(0.125)
+        self.assertEqual(self.asked, 1)
+        self.assertEqual(self.pings(), [])  # not idle for 10 s yet
+        self.assertAlmostEqual(liveness.lastSent, 2.004)
+        self.advance(2.0)  # 12.0: the tick's slack is not over
+        self.assertEqual(self.pings(), [])
+        self.advance(0.125)  # 12.125 >= 2.004 + 10
+        self.assertEqual(len(self.pings()), 1)
+        self.assertEqual(self.asked, 1)  # nothing written since: no question
+
+    def test_stillBufferedCountsAsWritingNow(self) -> None:
+        liveness = self.protocol.core.liveness  # type: ignore[union-attr]
+        self.protocol.sendMessage(b"x")
+        self.protocol._plainTCP = _Buffered()  # type: ignore[assignment]
+        self.advance(10.0)
+        self.assertEqual(self.asked, 0)  # the kernel has not sent it yet
+        self.assertEqual(liveness.lastSent, 10.0)
+        self.assertEqual(self.pings(), [])
+        self.protocol._plainTCP = None
+
+    def test_countersReachTheStats(self) -> None:
+        before = self.protocol.stats.bytesOut
+        for _ in range(3):
+            self.protocol.sendMessage(b"abc")
+        stats = self.protocol.stats
+        self.assertEqual((stats.messagesOut, stats.bytesOut - before), (3, 3 * 9))
+
+
+class _Buffered:
+    _tempDataLen = 1
+    offset = 0
+    dataBuffer = b""
+
+
+def _frames(data: bytes) -> list[object]:
+    decoder = FrameDecoder()
+    return [parseFrame(*raw) for raw in decoder.feed(data)]
