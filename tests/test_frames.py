@@ -12,6 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_keepalive.errors import CloseCode, RemoteProtocolError
 from twisted_keepalive.frames import (
+    DATA_ACK,
+    DATA_SEQ,
     Close,
     Data,
     Extension,
@@ -24,6 +26,7 @@ from twisted_keepalive.frames import (
     encodeData,
     encodeFrame,
     encodeHello,
+    encodeSequenced,
     parseFrame,
 )
 
@@ -223,8 +226,55 @@ class LargeFrameSplitTests(SynchronousTestCase):
         payloads = [b"a" * 3000, b"b" * 70000, b"c" * 10]
         stream = b"".join(encodeData(p) for p in payloads)
         decoder = FrameDecoder()
-        got = []
+        got: list[bytes] = []
         for i in range(40):  # one byte at a time: gathered in place
             got.extend(p for _, _, p in decoder.feed(stream[i : i + 1]))
         got.extend(p for _, _, p in decoder.feed(stream[40:]))
         self.assertEqual(got, payloads)
+
+
+class SplitSessionDataTests(SynchronousTestCase):
+    """
+    With C{split}, a session's DATA frame comes out as its message alone,
+    its sequence number and ACK in the decoder, however it was cut.
+    """
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(0, 2**64 - 1),
+                st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+                st.integers(0, 5000),
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+        st.data(),
+    )
+    def test_anySplit(self, frames: list[tuple[int, int | None, int]], data: st.DataObject) -> None:
+        messages = [(seq, ack, bytes([seq % 251]) * n) for seq, ack, n in frames]
+        stream = b"".join(encodeSequenced(seq, m, ack) for seq, ack, m in messages)
+        stream += encodeData(b"plain")
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30)))
+        decoder = FrameDecoder()
+        got: list[tuple[int | None, int | None, bytes]] = []
+        previous = 0
+        for cut in [*cuts, len(stream)]:
+            for _, flags, payload in decoder.feed(stream[previous:cut], True):
+                if flags & DATA_SEQ:
+                    got.append((decoder.seq, decoder.ack, payload))
+                else:
+                    got.append((None, None, payload))
+            previous = cut
+        self.assertEqual(got, [*messages, (None, None, b"plain")])
+
+    def test_tooShortForItsFlags(self) -> None:
+        for flags, size in ((DATA_SEQ, 7), (DATA_SEQ | DATA_ACK, 15)):
+            frame = struct.pack(">IBB", size + 2, 4, flags) + b"x" * size
+            with self.assertRaises(RemoteProtocolError):
+                list(FrameDecoder().feed(frame, True))
+            decoder = FrameDecoder()
+            list(decoder.feed(frame[:3], True))
+            with self.assertRaises(RemoteProtocolError):
+                list(decoder.feed(frame[3:], True))

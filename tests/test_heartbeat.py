@@ -785,15 +785,15 @@ class KernelClockTests(ClockTestCase):
         self.addCleanup(self.protocol.connectionLost, Failure(ConnectionDone()))
         self.asked = 0
         # The writer-idle rule alone (the peer's silence would ping too).
-        self.protocol.core.liveness.probeSilence = False  # type: ignore[union-attr]
+        self.protocol.core.liveness.probeSilence = False
 
     def pings(self) -> list[object]:
-        frames = [f for f in _frames(self.transport.value()) if isinstance(f, Ping)]
+        frames: list[object] = [f for f in _frames(self.transport.value()) if isinstance(f, Ping)]
         self.transport.clear()
         return frames
 
     def test_noClockPerMessageAndPingsStillExact(self) -> None:
-        liveness = self.protocol.core.liveness  # type: ignore[union-attr]
+        liveness = self.protocol.core.liveness
         self.assertIn("sendMessage", vars(self.protocol))  # the fast path
         self.advance(2.0)
         self.protocol.sendMessage(b"hello")
@@ -813,9 +813,9 @@ class KernelClockTests(ClockTestCase):
         self.assertEqual(self.asked, 1)  # nothing written since: no question
 
     def test_stillBufferedCountsAsWritingNow(self) -> None:
-        liveness = self.protocol.core.liveness  # type: ignore[union-attr]
+        liveness = self.protocol.core.liveness
         self.protocol.sendMessage(b"x")
-        self.protocol._plainTCP = _Buffered()  # type: ignore[assignment]
+        self.protocol._plainTCP = _Buffered()
         self.advance(10.0)
         self.assertEqual(self.asked, 0)  # the kernel has not sent it yet
         self.assertEqual(liveness.lastSent, 10.0)

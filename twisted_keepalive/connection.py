@@ -20,7 +20,6 @@ from typing import Any
 from .config import HeartbeatConfig
 from .errors import CloseCode, LocalProtocolError, MessageTooLarge, RemoteProtocolError
 from .frames import (
-    DATA_ACK,
     DATA_SEQ,
     EXTENSION_TYPE_MIN,
     HANDSHAKE_MAX_FRAME,
@@ -40,7 +39,6 @@ from .frames import (
     encodePing,
     encodeSequenced,
     parseFrame,
-    parseSequenced,
 )
 from .liveness import Liveness, Verdict
 from .rtt import RTTEstimator
@@ -483,13 +481,23 @@ class KeepaliveConnection:
         decoder = self._decoder
         before = decoder._size
         try:
-            for ftype, flags, payload in decoder.feed(data):
+            for ftype, flags, payload in decoder.feed(data, True):
                 if ftype == 4 and isOpen:  # DATA, the hot path
                     if flags and flags & DATA_SEQ:
-                        message = self._acceptSequenced(flags, payload)
-                        if message is None:
+                        # The decoder split off the sequence number (and ACK).
+                        session = self.session
+                        if session is None:
+                            raise RemoteProtocolError(
+                                "DATA with a sequence number outside a session"
+                            )
+                        if decoder.ack is not None:
+                            session.acknowledge(decoder.ack)
+                        seq = decoder.seq
+                        if seq == session.received + 1:
+                            session.received = seq
+                            session.pendingAcks += 1
+                        elif not session.accept(seq):
                             continue  # a duplicate from a replay
-                        payload = message
                     messages += 1
                     append(payload)
                     continue
@@ -520,23 +528,6 @@ class KeepaliveConnection:
         if session is not None and session.pendingAcks >= self.config.ackEvery:
             self.flushAck(now)
         return events
-
-    def _acceptSequenced(self, flags: int, payload: bytes) -> bytes | None:
-        session = self.session
-        if session is None:
-            raise RemoteProtocolError("DATA with a sequence number outside a session")
-        if flags & DATA_ACK or len(payload) < 8:
-            seq, ack, message = parseSequenced(flags, payload)
-            if ack is not None:
-                session.acknowledge(ack)
-        else:  # the common case, inlined (bench/datapath.py, resume row)
-            seq = _unpackSeq(payload)[0]
-            message = payload[8:]
-        if seq == session.received + 1:
-            session.received = seq
-            session.pendingAcks += 1
-            return message
-        return message if session.accept(seq) else None
 
     def _control(
         self, ftype: int, flags: int, payload: bytes, now: float, events: list[Event]

@@ -349,6 +349,18 @@ def parseFrame(ftype: int, flags: int, payload: bytes) -> Frame:
     raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")
 
 
+def _first(n: int, chunks: list[bytes | memoryview], data: bytes) -> bytes | memoryview:
+    """The first C{n} bytes of the chunks followed by C{data} (n is small)."""
+    if len(chunks[0]) >= n:
+        return chunks[0]
+    out = b""
+    for chunk in [*chunks, data]:
+        out += bytes(chunk[: n - len(out)])
+        if len(out) >= n:
+            break
+    return out
+
+
 class FrameDecoder:
     """
     Incremental decoder: feed it bytes as they arrive, get whole frames out.
@@ -359,7 +371,7 @@ class FrameDecoder:
     frames (the handshake raises it).
     """
 
-    __slots__ = ("_chunks", "_filled", "_gathered", "_need", "_size", "maxFrame")
+    __slots__ = ("_chunks", "_filled", "_gathered", "_need", "_size", "ack", "maxFrame", "seq")
 
     def __init__(self, maxFrame: int = DEFAULT_MAX_FRAME) -> None:
         self._chunks: list[bytes | memoryview] = []
@@ -371,6 +383,10 @@ class FrameDecoder:
         # many have arrived, so a large frame costs one copy, not one per read.
         self._need = HEADER_SIZE
         self.maxFrame = maxFrame
+        #: With C{split}: the sequence number (and ACK, or None) of the
+        #: session DATA frame just yielded.
+        self.seq = 0
+        self.ack: int | None = None
 
     @property
     def buffered(self) -> int:
@@ -390,7 +406,7 @@ class FrameDecoder:
                 CloseCode.FRAME_TOO_LARGE,
             )
 
-    def _completeHeld(self, data: bytes) -> tuple[int, int, bytes, int] | None:
+    def _completeHeld(self, data: bytes, split: bool) -> tuple[int, int, bytes, int] | None:
         """
         The frame begun in the chunks held, completed from the start of
         C{data}: C{(type, flags, payload, bytes of data used)}, or L{None}
@@ -419,6 +435,18 @@ class FrameDecoder:
             return None
         take = total - held
         skip = HEADER_SIZE
+        if split and ftype == FrameType.DATA and flags & DATA_SEQ:
+            # Read the sequence number (and ACK) here and copy the message
+            # alone: a large message is then copied once, not twice.
+            prefix = 16 if flags & DATA_ACK else 8
+            if length - 2 < prefix:
+                raise RemoteProtocolError(f"DATA with these flags needs at least {prefix} bytes")
+            head = _first(HEADER_SIZE + prefix, chunks, data)
+            if prefix == 16:
+                self.seq, self.ack = _U64U64.unpack_from(head, HEADER_SIZE)
+            else:
+                self.seq, self.ack = _U64.unpack_from(head, HEADER_SIZE)[0], None
+            skip += prefix
         parts: list[bytes | memoryview] = []
         for chunk in chunks:
             if skip >= len(chunk):
@@ -434,12 +462,17 @@ class FrameDecoder:
         self._need = HEADER_SIZE
         return ftype, flags, payload, take
 
-    def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    def feed(self, data: bytes, split: bool = False) -> Iterator[tuple[int, int, bytes]]:
         """
         Add C{data} and yield each complete frame as C{(type, flags, payload)}.
 
         The generator is lazy and must be consumed before the next call:
         L{maxFrame} is read afresh for each frame.
+
+        @param split: a session's DATA frame (L{DATA_SEQ}) is yielded with
+            the message alone as its payload, its sequence number and ACK
+            in L{seq} and L{ack} until the next frame (one copy of the
+            message instead of two; the engine's data path).
 
         @raise RemoteProtocolError: a length field below 2 or above
             L{maxFrame}.  The decoder is then unusable.
@@ -492,7 +525,7 @@ class FrameDecoder:
             # C{data} in place (joining everything held with all of C{data}
             # would copy each large frame four times: measured in
             # bench/datapath.py, 64 KiB row).
-            first = self._completeHeld(data)
+            first = self._completeHeld(data, split)
             if first is None:
                 return  # still incomplete: held, nothing copied
             ftype, flags, payload, offset = first
@@ -517,7 +550,19 @@ class FrameDecoder:
                 if stop > end:
                     need = 4 + length
                     break
-                payload = buf[offset + HEADER_SIZE : stop]
+                start = offset + HEADER_SIZE
+                if split and flags & DATA_SEQ and ftype == 4:
+                    if flags & DATA_ACK:
+                        if length < 18:
+                            raise RemoteProtocolError("DATA with SEQ and ACK needs 16 bytes")
+                        self.seq, self.ack = _U64U64.unpack_from(buf, start)
+                        start += 16
+                    else:
+                        if length < 10:
+                            raise RemoteProtocolError("DATA with SEQ needs at least 8 bytes")
+                        self.seq, self.ack = _U64.unpack_from(buf, start)[0], None
+                        start += 8
+                payload = buf[start:stop]
                 offset = stop
                 yield ftype, flags, payload
             else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +25,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .adaptive import AdaptiveInterval
-from .budget import MemoryBudget
+from .budget import MESSAGE_COST, MemoryBudget
 from .config import HeartbeatConfig
 from .connection import (
+    SESSION_OVERHEAD,
     CloseReceived,
     HandshakeCompleted,
     KeepaliveConnection,
@@ -62,6 +64,9 @@ from .timer import IdleTimer
 
 _CLOSED = State.CLOSED
 _OPEN = State.OPEN
+#: A session's DATA header, with its sequence number (and an ACK).
+_SEQ_HEADER = struct.Struct(">IBBQ")
+_SEQ_ACK_HEADER = struct.Struct(">IBBQQ")
 
 
 #: Sockets Nagle applies to (a UNIX socket has no TCP_NODELAY).
@@ -989,7 +994,10 @@ class HeartbeatProtocol(Protocol):
         """
         core = self.core
         assert core is not None
-        if core.session is not None or type(self).sendMessage is not HeartbeatProtocol.sendMessage:
+        if type(self).sendMessage is not HeartbeatProtocol.sendMessage:
+            return
+        if core.session is not None:
+            self._installSessionSend()
             return
         limit, open_, pack = core.fastLimit, _OPEN, _packHeader
         write = self.transport.write  # type: ignore[union-attr]
@@ -1059,6 +1067,101 @@ class HeartbeatProtocol(Protocol):
         self._resumedFast = resumed
         self._drainFast = drain
         self.sendMessage = sendMessage  # type: ignore[method-assign]
+
+    def _installSessionSend(self) -> None:
+        """
+        The same for a session: number, keep and frame a message in one
+        place (header, sequence number and an acknowledgement we owe packed
+        at once, one copy of the message).  Anything unusual (a full
+        buffer, an overflow policy, the budget refusing, a receipt) takes
+        the careful path, which says what happened.
+        """
+        core = self.core
+        assert core is not None and core.session is not None
+        session = core.session
+        unacked = session._unacked
+        maxMessages, maxBytes = session.maxMessages, session.maxBytes
+        limit = core.peerMaxFrame - SESSION_OVERHEAD
+        open_, packSeq, packSeqAck = _OPEN, _SEQ_HEADER.pack, _SEQ_ACK_HEADER.pack
+        write = self.transport.write  # type: ignore[union-attr]
+        slow = HeartbeatProtocol.sendMessage
+        protocol = self
+        pausedLimit = self._pausedLimit
+        count = size = held = 0
+        timed = core.role is Role.CLIENT and not self._kernelKnowsLastSent()
+        self._kernelClock = core.role is Role.CLIENT and not timed
+        liveness, now = core.liveness, self._now
+
+        def sendMessage(message: bytes) -> None:
+            nonlocal count, size, held
+            n = len(message)
+            if (
+                n > limit
+                or core.state is not open_
+                or core.session is not session
+                or len(unacked) >= maxMessages
+                or session.unackedBytes + n > maxBytes
+            ):
+                slow(protocol, message)  # full, closed, too large: said precisely
+                return
+            budget = session.budget
+            if budget is not None:
+                cost = n + MESSAGE_COST
+                if budget.used + cost > budget.limit:
+                    slow(protocol, message)  # the budget decides (and may refuse)
+                    return
+                budget.used += cost
+            seq = session.nextSeq
+            session.nextSeq = seq + 1
+            unacked.append((seq, message))
+            session.unackedBytes += n
+            session.sent = seq
+            if session.pendingAcks:
+                session.pendingAcks = 0
+                frame = packSeqAck(n + 18, 4, 3, seq, session.received) + message
+            else:
+                frame = packSeq(n + 10, 4, 1, seq) + message
+            if protocol.outputPaused:
+                held += len(frame)
+                if held > pausedLimit:
+                    protocol._pendingWhilePaused += held
+                    held = 0
+                    if protocol._pendingWhilePaused > pausedLimit and not protocol._mayHold(
+                        len(frame)
+                    ):
+                        return
+            count += 1
+            size += len(frame) - 4
+            if timed:
+                liveness.lastSent = now()
+            write(frame)
+            if len(unacked) >= maxMessages or session.unackedBytes >= maxBytes:
+                protocol._sessionFilled(session)
+
+        def drain() -> int:
+            nonlocal count, size
+            c = count
+            if c:
+                core.messagesOut += c
+                core.bytesOut += size + 4 * c
+                count = size = 0
+                self._wroteSinceCheck = True
+            return c
+
+        def resumed() -> None:
+            nonlocal held
+            held = 0
+
+        self._resumedFast = resumed
+        self._drainFast = drain
+        self.sendMessage = sendMessage  # type: ignore[method-assign]
+
+    def _sessionFilled(self, session: Session) -> None:
+        """The fast path filled the session buffer: pause a producer on that edge."""
+        producer = self._producer
+        if producer is not None and not self._producerPaused:
+            self._producerPaused = True
+            producer.pauseProducing()
 
     def _kernelKnowsLastSent(self) -> bool:
         self._socket = sock = findSocket(self.transport)
