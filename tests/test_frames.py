@@ -263,7 +263,7 @@ class SplitSessionDataTests(SynchronousTestCase):
         for cut in [*cuts, len(stream)]:
             for _, flags, payload in decoder.feed(stream[previous:cut], True):
                 if flags & DATA_SEQ:
-                    got.append((decoder.seq, decoder.ack, payload))
+                    got.append((decoder.seq, decoder.ack if flags & DATA_ACK else None, payload))
                 else:
                     got.append((None, None, payload))
             previous = cut

@@ -20,6 +20,7 @@ from typing import Any
 from .config import HeartbeatConfig
 from .errors import CloseCode, LocalProtocolError, MessageTooLarge, RemoteProtocolError
 from .frames import (
+    DATA_ACK,
     DATA_SEQ,
     EXTENSION_TYPE_MIN,
     HANDSHAKE_MAX_FRAME,
@@ -480,27 +481,42 @@ class KeepaliveConnection:
         messages = 0
         decoder = self._decoder
         before = decoder._size
+        # In a session, in-order messages only move two counters: kept in
+        # locals through the read and written back once (before anything
+        # else reads them: a control frame, a gap, the end of the read).
+        session = self.session
+        received = session.received if session is not None else 0
+        fresh = 0
         try:
-            for ftype, flags, payload in decoder.feed(data, True):
+            for ftype, flags, payload, seq in decoder.frames(data):
                 if ftype == 4 and isOpen:  # DATA, the hot path
                     if flags and flags & DATA_SEQ:
                         # The decoder split off the sequence number (and ACK).
-                        session = self.session
                         if session is None:
                             raise RemoteProtocolError(
                                 "DATA with a sequence number outside a session"
                             )
-                        if decoder.ack is not None:
-                            session.acknowledge(decoder.ack)
-                        seq = decoder.seq
-                        if seq == session.received + 1:
-                            session.received = seq
-                            session.pendingAcks += 1
-                        elif not session.accept(seq):
-                            continue  # a duplicate from a replay
+                        if flags & DATA_ACK:
+                            session.acknowledge(decoder.ack)  # type: ignore[arg-type]
+                        if seq == received + 1:
+                            received = seq
+                            fresh += 1
+                        else:
+                            if fresh:
+                                session.received = received
+                                session.pendingAcks += fresh
+                                fresh = 0
+                            if not session.accept(seq):
+                                continue  # a duplicate from a replay
+                            received = session.received
                     messages += 1
                     append(payload)
                     continue
+                if fresh:
+                    assert session is not None
+                    session.received = received
+                    session.pendingAcks += fresh
+                    fresh = 0
                 if ftype == 2 and isOpen and len(payload) == 12:
                     # PING, the idle path (bench/idle_fleet.py): the PONG
                     # echoes the PING's payload, so nothing is parsed.
@@ -511,9 +527,15 @@ class KeepaliveConnection:
                 if self.isClosed:
                     break
                 isOpen = self.state is _OPEN
+                session = self.session  # a handshake may have attached one
+                received = session.received if session is not None else 0
         except RemoteProtocolError as e:
             self.close(e.code, str(e), getattr(e, "retryAfter", None), now)
             append(ProtocolFailed(e))
+        if fresh:
+            assert session is not None
+            session.received = received
+            session.pendingAcks += fresh
         after = decoder._size
         if after:
             # Part of a frame is held.  Bytes prove life only as whole

@@ -406,7 +406,7 @@ class FrameDecoder:
                 CloseCode.FRAME_TOO_LARGE,
             )
 
-    def _completeHeld(self, data: bytes, split: bool) -> tuple[int, int, bytes, int] | None:
+    def _completeHeld(self, data: bytes, split: bool) -> tuple[int, int, bytes, int, int] | None:
         """
         The frame begun in the chunks held, completed from the start of
         C{data}: C{(type, flags, payload, bytes of data used)}, or L{None}
@@ -435,6 +435,7 @@ class FrameDecoder:
             return None
         take = total - held
         skip = HEADER_SIZE
+        seq = 0
         if split and ftype == FrameType.DATA and flags & DATA_SEQ:
             # Read the sequence number (and ACK) here and copy the message
             # alone: a large message is then copied once, not twice.
@@ -443,9 +444,10 @@ class FrameDecoder:
                 raise RemoteProtocolError(f"DATA with these flags needs at least {prefix} bytes")
             head = _first(HEADER_SIZE + prefix, chunks, data)
             if prefix == 16:
-                self.seq, self.ack = _U64U64.unpack_from(head, HEADER_SIZE)
+                seq, self.ack = _U64U64.unpack_from(head, HEADER_SIZE)
             else:
-                self.seq, self.ack = _U64.unpack_from(head, HEADER_SIZE)[0], None
+                seq = _U64.unpack_from(head, HEADER_SIZE)[0]
+            self.seq = seq
             skip += prefix
         parts: list[bytes | memoryview] = []
         for chunk in chunks:
@@ -460,7 +462,7 @@ class FrameDecoder:
         payload = b"".join(parts)
         self._size -= total
         self._need = HEADER_SIZE
-        return ftype, flags, payload, take
+        return ftype, flags, payload, seq, take
 
     def feed(self, data: bytes, split: bool = False) -> Iterator[tuple[int, int, bytes]]:
         """
@@ -470,12 +472,22 @@ class FrameDecoder:
         L{maxFrame} is read afresh for each frame.
 
         @param split: a session's DATA frame (L{DATA_SEQ}) is yielded with
-            the message alone as its payload, its sequence number and ACK
-            in L{seq} and L{ack} until the next frame (one copy of the
-            message instead of two; the engine's data path).
+            the message alone as its payload, its sequence number in
+            L{seq} (and its ACK in L{ack}, valid only when the flags have
+            L{DATA_ACK}) until the next frame.
 
         @raise RemoteProtocolError: a length field below 2 or above
             L{maxFrame}.  The decoder is then unusable.
+        """
+        for ftype, flags, payload, _ in self.frames(data, split):
+            yield ftype, flags, payload
+
+    def frames(self, data: bytes, split: bool = True) -> Iterator[tuple[int, int, bytes, int]]:
+        """
+        L{feed} for the engine's data path: C{(type, flags, payload, seq)},
+        with C{split} a session DATA frame's message alone and its
+        sequence number (also in L{seq}; meaningless for other frames):
+        one copy of the message instead of two.
         """
         self._size += len(data)
         if self._size < self._need:
@@ -528,14 +540,16 @@ class FrameDecoder:
             first = self._completeHeld(data, split)
             if first is None:
                 return  # still incomplete: held, nothing copied
-            ftype, flags, payload, offset = first
+            ftype, flags, payload, seq, offset = first
             self._chunks = []
             self._gathered = None
-            yield ftype, flags, payload
+            yield ftype, flags, payload, seq
         buf = data
         end = len(buf)
         need = HEADER_SIZE
         unpack = _HEADER.unpack_from
+        unpackSeq = _U64.unpack_from
+        seq = 0
         try:
             while end - offset >= HEADER_SIZE:
                 length, ftype, flags = unpack(buf, offset)
@@ -551,20 +565,21 @@ class FrameDecoder:
                     need = 4 + length
                     break
                 start = offset + HEADER_SIZE
-                if split and flags & DATA_SEQ and ftype == 4:
+                if flags and split and ftype == 4 and flags & DATA_SEQ:
                     if flags & DATA_ACK:
                         if length < 18:
                             raise RemoteProtocolError("DATA with SEQ and ACK needs 16 bytes")
-                        self.seq, self.ack = _U64U64.unpack_from(buf, start)
+                        seq, self.ack = _U64U64.unpack_from(buf, start)
                         start += 16
                     else:
                         if length < 10:
                             raise RemoteProtocolError("DATA with SEQ needs at least 8 bytes")
-                        self.seq, self.ack = _U64.unpack_from(buf, start)[0], None
+                        seq = unpackSeq(buf, start)[0]
                         start += 8
+                    self.seq = seq
                 payload = buf[start:stop]
                 offset = stop
-                yield ftype, flags, payload
+                yield ftype, flags, payload, seq
             else:
                 need = HEADER_SIZE
                 if end - offset >= 4 and _LENGTH.unpack_from(buf, offset)[0] < 2:

@@ -1080,7 +1080,9 @@ class HeartbeatProtocol(Protocol):
         assert core is not None and core.session is not None
         session = core.session
         unacked = session._unacked
-        maxMessages, maxBytes = session.maxMessages, session.maxBytes
+        # A message that would fill the buffer takes the careful path: it
+        # pauses a producer on that edge (so no check after each append).
+        fullAt, maxBytes = session.maxMessages - 1, session.maxBytes
         limit = core.peerMaxFrame - SESSION_OVERHEAD
         open_, packSeq, packSeqAck = _OPEN, _SEQ_HEADER.pack, _SEQ_ACK_HEADER.pack
         write = self.transport.write  # type: ignore[union-attr]
@@ -1099,8 +1101,8 @@ class HeartbeatProtocol(Protocol):
                 n > limit
                 or core.state is not open_
                 or core.session is not session
-                or len(unacked) >= maxMessages
-                or session.unackedBytes + n > maxBytes
+                or len(unacked) >= fullAt
+                or session.unackedBytes + n >= maxBytes
             ):
                 slow(protocol, message)  # full, closed, too large: said precisely
                 return
@@ -1135,8 +1137,6 @@ class HeartbeatProtocol(Protocol):
             if timed:
                 liveness.lastSent = now()
             write(frame)
-            if len(unacked) >= maxMessages or session.unackedBytes >= maxBytes:
-                protocol._sessionFilled(session)
 
         def drain() -> int:
             nonlocal count, size
@@ -1155,13 +1155,6 @@ class HeartbeatProtocol(Protocol):
         self._resumedFast = resumed
         self._drainFast = drain
         self.sendMessage = sendMessage  # type: ignore[method-assign]
-
-    def _sessionFilled(self, session: Session) -> None:
-        """The fast path filled the session buffer: pause a producer on that edge."""
-        producer = self._producer
-        if producer is not None and not self._producerPaused:
-            self._producerPaused = True
-            producer.pauseProducing()
 
     def _kernelKnowsLastSent(self) -> bool:
         self._socket = sock = findSocket(self.transport)
