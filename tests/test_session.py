@@ -397,3 +397,23 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual([m for _, m in session.unsent()], [b"bbbb", b"cccc"])
         self.assertEqual((session.dropped, session.unackedBytes), (1, 8))
         self.assertRaises(QueueFull, session.store, b"x" * 11)
+
+
+class AcknowledgeCountsTests(SynchronousTestCase):
+    """The fast count of acknowledged messages agrees with the slow one."""
+
+    def test_withAndWithoutGaps(self) -> None:
+        from twisted_keepalive.errors import MessageTooLarge
+
+        for refused in (None, 3, 1, 6):
+            s = Session(b"x" * 16)
+            for i in range(6):
+                s.store(b"m%d" % i)
+            s.sent = 6
+            if refused is not None:
+                s.refuse(refused, MessageTooLarge(b"", "test"))
+            for upTo in (2, 2, 5, 6):
+                s.acknowledge(upTo)
+                expected = [n for n in range(upTo + 1, 7) if n != refused]
+                self.assertEqual([seq for seq, _ in s.stored()], expected, (refused, upTo))
+                self.assertEqual(s.unackedBytes, 2 * len(expected))

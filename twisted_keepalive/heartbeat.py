@@ -1093,6 +1093,7 @@ class HeartbeatProtocol(Protocol):
         timed = core.role is Role.CLIENT and not self._kernelKnowsLastSent()
         self._kernelClock = core.role is Role.CLIENT and not timed
         liveness, now = core.liveness, self._now
+        budget = session.budget  # a server's, for the session's life; None for a client
 
         def sendMessage(message: bytes) -> None:
             nonlocal count, size, held
@@ -1106,7 +1107,6 @@ class HeartbeatProtocol(Protocol):
             ):
                 slow(protocol, message)  # full, closed, too large: said precisely
                 return
-            budget = session.budget
             if budget is not None:
                 cost = n + MESSAGE_COST
                 if budget.used + cost > budget.limit:

@@ -269,9 +269,22 @@ class Session:
                 receipt = receipts.pop(seq, None)
                 if receipt is not None:
                     self.settled.append((receipt, seq, None))
-        else:  # the data path of a session without receipts: as lean as can be
-            while unacked and unacked[0][0] <= upTo:
-                self.unackedBytes -= len(unacked.popleft()[1])
+        elif unacked:
+            # The data path of a session without receipts: numbers are
+            # consecutive (but after a refusal), so how many to drop is
+            # known; bytes are summed locally, stored once.
+            count = upTo - unacked[0][0] + 1
+            if count > len(unacked) or (count > 0 and unacked[count - 1][0] != upTo):
+                count = 0  # a gap (a message refused): count them
+                for seq, _ in unacked:
+                    if seq > upTo:
+                        break
+                    count += 1
+            popleft = unacked.popleft
+            size = 0
+            for _ in range(count):
+                size += len(popleft()[1])
+            self.unackedBytes -= size
         freed = before - len(unacked)
         if self.budget is not None:
             self.budget.used -= heldBefore - self.unackedBytes + freed * MESSAGE_COST
