@@ -794,10 +794,12 @@ class KernelClockTests(ClockTestCase):
 
     def test_noClockPerMessageAndPingsStillExact(self) -> None:
         liveness = self.protocol.core.liveness
-        self.assertIn("sendMessage", vars(self.protocol))  # the fast path
+        self.assertNotIn("sendMessage", vars(self.protocol))  # idle: no fast path yet
         self.advance(2.0)
         self.protocol.sendMessage(b"hello")
+        self.assertIn("sendMessage", vars(self.protocol))  # in place from the first message
         self.assertEqual(liveness.lastSent, 0.0)  # no clock read
+        self.asked = 0  # once, to know the kernel can tell
         self.advance(8.0 - 0.125)
         self.assertEqual((self.pings(), self.asked), ([], 0))
         # The check at 10 s: the kernel says the last send was 8 s ago.
@@ -815,6 +817,7 @@ class KernelClockTests(ClockTestCase):
     def test_stillBufferedCountsAsWritingNow(self) -> None:
         liveness = self.protocol.core.liveness
         self.protocol.sendMessage(b"x")
+        self.asked = 0
         self.protocol._plainTCP = _Buffered()
         self.advance(10.0)
         self.assertEqual(self.asked, 0)  # the kernel has not sent it yet

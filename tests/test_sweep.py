@@ -17,7 +17,7 @@ class SweeperTests(ClockTestCase):
         lives = {name: Liveness(None, 5.0, 0.0) for name in ("quiet", "chatty")}
         for name, live in lives.items():
 
-            def onDead(now: float, name: str = name) -> None:
+            def onDead(key: object, now: float, name: str = name) -> None:
                 dead.append((name, now))
 
             sweeper.add(name, live, onDead)
@@ -37,7 +37,7 @@ class SweeperTests(ClockTestCase):
         sweeper = IdleSweeper(self.clock, period=1.0)
         dead: list[float] = []
         live = Liveness(None, 3.0, 0.0)
-        sweeper.add("c", live, dead.append)
+        sweeper.add("c", live, lambda key, now: dead.append(now))
         self.advance(2.875)
         live.lastReceived = self.clock.seconds()  # the exact timer is armed for 3.0
         self.advance(1.0)
@@ -49,13 +49,13 @@ class SweeperTests(ClockTestCase):
     def test_removeCancelsEverything(self) -> None:
         sweeper = IdleSweeper(self.clock, period=1.0)
         live = Liveness(None, 0.5, 0.0)  # expires before the first sweep
-        sweeper.add("c", live, lambda now: None)
+        sweeper.add("c", live, lambda key, now: None)
         self.assertEqual(len(self.clock.getDelayedCalls()), 2)
         sweeper.remove("c")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_noTimeoutIsIgnored(self) -> None:
         sweeper = IdleSweeper(self.clock)
-        sweeper.add("c", Liveness(None, None, 0.0), lambda now: None)
+        sweeper.add("c", Liveness(None, None, 0.0), lambda key, now: None)
         self.assertEqual(len(sweeper), 0)
         self.assertRaises(ValueError, IdleSweeper, self.clock, 0)

@@ -196,6 +196,46 @@ class HeartbeatProtocol(Protocol):
         or was told why, else the transport's own reason.
     """
 
+    # Slots keep an idle connection small: the instance dict then holds only
+    # what Twisted and subclasses add (bench/idle_fleet.py measures memory).
+    __slots__ = (
+        "_ackCall",
+        "_adaptive",
+        "_baseTimeout",
+        "_budget",
+        "_charged",
+        "_clock",
+        "_closeCall",
+        "_config",
+        "_drainFast",
+        "_elastic",
+        "_fast",
+        "_handshakeCall",
+        "_kernelClock",
+        "_logLimiter",
+        "_lost",
+        "_maxPending",
+        "_now",
+        "_pausedLimit",
+        "_pendingWhilePaused",
+        "_pingHook",
+        "_plainTCP",
+        "_producer",
+        "_producerPaused",
+        "_readingPaused",
+        "_readyWaiters",
+        "_reason",
+        "_resumedFast",
+        "_role",
+        "_savedTimeout",
+        "_socket",
+        "_sweeper",
+        "_timer",
+        "_wroteSinceCheck",
+        "outputPaused",
+        "peer",
+    )
+
     log = Logger()
     closeReason: Failure | None = None
     core: KeepaliveConnection | None = None
@@ -212,14 +252,13 @@ class HeartbeatProtocol(Protocol):
         self._clock = clock
         self._timer: IdleTimer | None = None
         self._plainTCP: Any = None
-        self._pingHook: Any = None
+        self._pingHook = False
         self._sweeper: IdleSweeper | None = None
         self._handshakeCall: IDelayedCall | None = None
         self._closeCall: IDelayedCall | None = None
         self._ackCall: IDelayedCall | None = None
         self._reason: Exception | None = None
         self.peer = "unknown peer"
-        self.peerHost = "unknown"
         self._logLimiter: PeerLogLimiter | None = None
         self._budget: MemoryBudget | None = None
         self._charged = 0
@@ -231,11 +270,12 @@ class HeartbeatProtocol(Protocol):
         self._readingPaused = False
         self._savedTimeout: float | None = None
         self._lost = False
-        self._readyWaiters: list[Deferred[HeartbeatProtocol]] = []
+        self._readyWaiters: list[Deferred[HeartbeatProtocol]] | None = None
         self._adaptive: AdaptiveInterval | None = None
         self._baseTimeout = 0.0
         # The fast send path's counters, folded into the engine's on demand.
         self._drainFast: Callable[[], int] | None = None
+        self._fast = 0  # the fast send path: 0 not yet, 1 in place, -1 never
         self._resumedFast: Callable[[], None] | None = None
         self._wroteSinceCheck = False
         self._kernelClock = False
@@ -305,6 +345,8 @@ class HeartbeatProtocol(Protocol):
         if self._lost:
             return fail(self.closeReason or Failure(LocalProtocolError("connection ended")))
         d: Deferred[HeartbeatProtocol] = Deferred()
+        if self._readyWaiters is None:
+            self._readyWaiters = []
         self._readyWaiters.append(d)
         return d
 
@@ -312,13 +354,14 @@ class HeartbeatProtocol(Protocol):
         config = self.config
         clock = self.clock
         self.peer = describePeer(self.transport)
-        self.peerHost = self.peer.rpartition(":")[0] or self.peer
         # A server's: limits the log lines peers can cause, and the memory
         # all its clients can hold together.
         self._logLimiter = getattr(self.factory, "peerLog", None)
         self._budget = getattr(self.factory, "memoryBudget", None)
         self._plainTCP = plainTCP(self.transport)
-        self._pingHook = getattr(self.factory, "heartbeatPingReceived", None)
+        # Looked up at each PING (a bound method kept per connection would
+        # cost 64 bytes of every idle connection).
+        self._pingHook = getattr(self.factory, "heartbeatPingReceived", None) is not None
         self._now = clock.seconds  # bound once: called per read and per write
         self._maxPending = config.maxPendingOutput
         # With a budget every paused write is charged: _write's one check
@@ -424,7 +467,7 @@ class HeartbeatProtocol(Protocol):
         if notify is not None:
             notify(self, reason)
         self._dropBuffers()
-        waiters, self._readyWaiters = self._readyWaiters, []
+        waiters, self._readyWaiters = self._readyWaiters or [], None
         for d in waiters:
             d.errback(reason)
 
@@ -472,6 +515,11 @@ class HeartbeatProtocol(Protocol):
     # Application actions
 
     @property
+    def peerHost(self) -> str:
+        """The peer's address without its port (what log limits count by)."""
+        return self.peer.rpartition(":")[0] or self.peer
+
+    @property
     def isOpen(self) -> bool:
         return self.core is not None and self.core.state is State.OPEN
 
@@ -494,6 +542,13 @@ class HeartbeatProtocol(Protocol):
             before that happens).
         """
         core = self.core
+        if self._fast == 0 and core is not None and core.state is _OPEN:
+            # The first message: put the fast path in place (not at the
+            # handshake: an idle connection does not pay for it).
+            self._installFastSend()
+            if self._fast == 1:
+                self.sendMessage(message)
+                return
         length = len(message) + 2
         # fastLimit is the peer's frame limit, or -1 in a session (numbered
         # and kept messages take the careful path): one comparison for both.
@@ -801,7 +856,7 @@ class HeartbeatProtocol(Protocol):
         core.liveness.timeout = self._savedTimeout
         core.liveness.lastReceived = core.liveness.lastPong = self._now()
         if self._sweeper is not None:
-            self._sweeper.add(self, core.liveness, self._declareDead)
+            self._sweeper.add(self, core.liveness, type(self)._declareDead)
         if self._timer is not None and self._timer.active:
             self._timer.start()
         self.transport.resumeProducing()  # type: ignore[union-attr]
@@ -842,8 +897,8 @@ class HeartbeatProtocol(Protocol):
     def _dispatch(self, event: object) -> None:
         if type(event) is PingReceived:  # the common one first
             self.pingReceived(event.at)
-            if self._pingHook is not None:
-                self._pingHook(self, event.at, event.gap)
+            if self._pingHook:
+                self.factory.heartbeatPingReceived(self, event.at, event.gap)
         elif isinstance(event, PongReceived):
             adaptive = self._adaptive
             if adaptive is not None and adaptive.survived(event.idle, self._now()):
@@ -922,7 +977,7 @@ class HeartbeatProtocol(Protocol):
         if self.role is Role.SERVER and sweeper is not None:
             # One shared timer for all of a server's connections.
             self._sweeper = sweeper
-            sweeper.add(self, self.core.liveness, self._declareDead)  # type: ignore[union-attr]
+            sweeper.add(self, self.core.liveness, type(self)._declareDead)  # type: ignore[union-attr]
         else:
             if self._adaptive is not None:
                 assert self.core is not None
@@ -939,14 +994,16 @@ class HeartbeatProtocol(Protocol):
             interval=event.interval,
             timeout=event.timeout,
         )
-        self._installFastSend()
+        # The engine needs the session provider only for the handshake.
+        if self.core is not None:
+            self.core.sessionFor = None
         # The factory first: it flushes messages queued while disconnected,
         # so they go out before anything the application sends now.
         notify = getattr(self.factory, "heartbeatConnectionReady", None)
         if notify is not None:
             notify(self)
         self.handshakeCompleted()
-        waiters, self._readyWaiters = self._readyWaiters, []
+        waiters, self._readyWaiters = self._readyWaiters or [], None
         for d in waiters:
             d.callback(self)
 
@@ -994,8 +1051,10 @@ class HeartbeatProtocol(Protocol):
         """
         core = self.core
         assert core is not None
+        self._fast = -1
         if type(self).sendMessage is not HeartbeatProtocol.sendMessage:
-            return
+            return  # a subclass's own: it calls this class's through super()
+        self._fast = 1
         if core.session is not None:
             self._installSessionSend()
             return

@@ -14,13 +14,16 @@ touch the reactor's timers.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 
 from .liveness import EPSILON, Liveness
 
-OnDead = Callable[[float], None]
+#: Called with the member's key and the time it was found dead.  A shared
+#: function (not a bound method per member) keeps a large fleet small.
+OnDead = Callable[[Any, float], None]
 
 
 class IdleSweeper:
@@ -106,6 +109,6 @@ class IdleSweeper:
         assert liveness.timeout is not None
         if now >= liveness.lastReceived + liveness.timeout - EPSILON:
             self.remove(key)
-            onDead(now)
+            onDead(key, now)
         else:
             self._arm(key, liveness, now)  # it spoke meanwhile
