@@ -589,6 +589,18 @@ class KeepaliveConnection:
         elif isinstance(frame, Hello):
             raise RemoteProtocolError("HELLO received after the handshake")
 
+    def receiveLonePing(self, data: bytes, now: float) -> float | None:
+        """
+        L{receive} for what an idle link reads: C{data} is exactly one
+        PING (18 bytes starting with its header), the connection is open
+        and nothing is half-received (the caller checked).  The PONG is put
+        in the outbox; returns the gap since the previous PING.  No event
+        objects: the shell calls its hooks directly (bench/idle_fleet.py).
+        """
+        self.liveness.lastReceived = now
+        self.bytesIn += 18
+        return self._answerPing(data[6:], now)
+
     def _answerPing(self, payload: bytes, now: float) -> float | None:
         self.controlIn += 1
         self.pingsReceived += 1

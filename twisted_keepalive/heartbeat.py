@@ -28,6 +28,7 @@ from .adaptive import AdaptiveInterval
 from .budget import MESSAGE_COST, MemoryBudget
 from .config import HeartbeatConfig
 from .connection import (
+    _PING_HEADER,
     SESSION_OVERHEAD,
     CloseReceived,
     HandshakeCompleted,
@@ -394,7 +395,22 @@ class HeartbeatProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         core = self.core
-        if core is None or core.state is State.CLOSED:
+        if core is None or core.state is _CLOSED:
+            return
+        if (
+            len(data) == 18
+            and data[:6] == _PING_HEADER
+            and core.state is _OPEN
+            and not core._decoder._size
+        ):
+            # What an idle link reads: one PING.  Answered, then the hooks
+            # the PingReceived event would reach, called directly.
+            now = self._now()
+            gap = core.receiveLonePing(data, now)
+            self._flush()
+            self.pingReceived(now)
+            if self._pingHook:
+                self.factory.heartbeatPingReceived(self, now, gap)
             return
         events = core.receive(data, self._now())
         if core.hasOutput:
