@@ -80,6 +80,30 @@ def run(nat: float = 30.0, interval: float = 5.0, soak: float = 600.0) -> dict[s
     return result
 
 
+def runInChild(nat: float, interval: float, soak: float) -> dict[str, Any]:
+    """L{run} in a process of its own (a reactor runs once per process)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--nat",
+            str(nat),
+            "--interval",
+            str(interval),
+            "--soak",
+            str(soak),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
 def _cores(server: Any) -> list[Any]:
     return [p.core for p in server.connections if p.core is not None]
 

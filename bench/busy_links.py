@@ -108,7 +108,11 @@ def server(kind: str) -> None:
                 state["messages"] += 1
                 self.sendMessage(message)
 
-        factory = KeepaliveServerFactory(HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT))
+        # Sized for its fleet: the handshake pool (256 by default) would
+        # crowd out clients that all connect at once (docs/tuning.md).
+        factory = KeepaliveServerFactory(
+            HeartbeatConfig(interval=INTERVAL, timeout=TIMEOUT), maxHandshaking=20_000
+        )
         factory.protocol = Echo
 
     def mark() -> dict[str, int]:

@@ -48,7 +48,8 @@ def server(port: int) -> None:
         def clientConnected(self, protocol: Any) -> None:
             arrivals.append(time.time())
 
-    factory = Timed(HeartbeatConfig(interval=INTERVAL, timeout=3 * INTERVAL))
+    # The handshake pool sized for the fleet (5,000 clients come back at once).
+    factory = Timed(HeartbeatConfig(interval=INTERVAL, timeout=3 * INTERVAL), maxHandshaking=20_000)
     listening: dict[str, Any] = {}
 
     def listen() -> dict[str, Any]:

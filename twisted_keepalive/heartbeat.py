@@ -1053,11 +1053,14 @@ class HeartbeatProtocol(Protocol):
 
     def _installFastSend(self) -> None:
         """
-        Without a session, sending is framing, counting and writing: done by
-        a closure over what it needs (no attribute lookups per message) put
-        in place of L{sendMessage} on this instance, unless a subclass
-        overrides it.  Its counters reach the engine's when anything reads
-        them (L{flushCounters}).
+        Sending is framing, counting and writing (and, in a session,
+        numbering and keeping): done by a closure over what it needs (no
+        attribute lookups per message) put in place of L{sendMessage} on
+        this instance at the first message, unless a subclass overrides it.
+        Its counters reach the engine's when anything reads them
+        (L{flushCounters}).  Anything unusual (closed, too large, a full
+        session buffer, the budget refusing) takes the careful path, which
+        says precisely what happened.
 
         When is a write known to have happened?  A server never pings on a
         timer: it needs no time.  A client on Linux asks the kernel when the
@@ -1071,10 +1074,6 @@ class HeartbeatProtocol(Protocol):
         if type(self).sendMessage is not HeartbeatProtocol.sendMessage:
             return  # a subclass's own: it calls this class's through super()
         self._fast = 1
-        if core.session is not None:
-            self._installSessionSend()
-            return
-        limit, open_, pack = core.fastLimit, _OPEN, _packHeader
         write = self.transport.write  # type: ignore[union-attr]
         slow = HeartbeatProtocol.sendMessage
         protocol = self
@@ -1082,55 +1081,26 @@ class HeartbeatProtocol(Protocol):
         count = size = held = 0
         timed = core.role is Role.CLIENT and not self._kernelKnowsLastSent()
         self._kernelClock = core.role is Role.CLIENT and not timed
-        liveness, now = core.liveness, self._now
+        liveness, now, open_ = core.liveness, self._now, _OPEN
 
         def paused(length: int) -> bool:
             # The peer is behind: count what we hold for it, and past the
             # cheap bound let the careful path decide (budget, slow peer).
             nonlocal held
-            held += length + 4
+            held += length
             if held > pausedLimit:
                 protocol._pendingWhilePaused += held
                 held = 0
                 if protocol._pendingWhilePaused > pausedLimit:
-                    return protocol._mayHold(length + 4)
+                    return protocol._mayHold(length)
             return True
-
-        if timed:
-
-            def sendMessage(message: bytes) -> None:
-                nonlocal count, size
-                length = len(message) + 2
-                if length > limit or core.state is not open_:
-                    slow(protocol, message)  # raises the precise error
-                    return
-                if protocol.outputPaused and not paused(length):
-                    return
-                count += 1
-                size += length
-                liveness.lastSent = now()
-                write(pack(length, 4, 0) + message)
-
-        else:
-
-            def sendMessage(message: bytes) -> None:
-                nonlocal count, size
-                length = len(message) + 2
-                if length > limit or core.state is not open_:
-                    slow(protocol, message)  # raises the precise error
-                    return
-                if protocol.outputPaused and not paused(length):
-                    return
-                count += 1
-                size += length
-                write(pack(length, 4, 0) + message)
 
         def drain() -> int:
             nonlocal count, size
             n = count
             if n:
                 core.messagesOut += n
-                core.bytesOut += size + 4 * n
+                core.bytesOut += size
                 count = size = 0
                 self._wroteSinceCheck = True
             return n
@@ -1141,40 +1111,40 @@ class HeartbeatProtocol(Protocol):
 
         self._resumedFast = resumed
         self._drainFast = drain
-        self.sendMessage = sendMessage  # type: ignore[method-assign]
-
-    def _installSessionSend(self) -> None:
-        """
-        The same for a session: number, keep and frame a message in one
-        place (header, sequence number and an acknowledgement we owe packed
-        at once, one copy of the message).  Anything unusual (a full
-        buffer, an overflow policy, the budget refusing, a receipt) takes
-        the careful path, which says what happened.
-        """
-        core = self.core
-        assert core is not None and core.session is not None
         session = core.session
+        if session is None:
+            limit, pack = core.fastLimit, _packHeader
+
+            def sendMessage(message: bytes) -> None:
+                nonlocal count, size
+                length = len(message) + 2
+                if length > limit or core.state is not open_:
+                    slow(protocol, message)  # raises the precise error
+                    return
+                if protocol.outputPaused and not paused(length + 4):
+                    return
+                count += 1
+                size += length + 4
+                if timed:
+                    liveness.lastSent = now()
+                write(pack(length, 4, 0) + message)
+
+            self.sendMessage = sendMessage  # type: ignore[method-assign]
+            return
+
         unacked = session._unacked
         # A message that would fill the buffer takes the careful path: it
         # pauses a producer on that edge (so no check after each append).
         fullAt, maxBytes = session.maxMessages - 1, session.maxBytes
-        limit = core.peerMaxFrame - SESSION_OVERHEAD
-        open_, packSeq, packSeqAck = _OPEN, _SEQ_HEADER.pack, _SEQ_ACK_HEADER.pack
-        write = self.transport.write  # type: ignore[union-attr]
-        slow = HeartbeatProtocol.sendMessage
-        protocol = self
-        pausedLimit = self._pausedLimit
-        count = size = held = 0
-        timed = core.role is Role.CLIENT and not self._kernelKnowsLastSent()
-        self._kernelClock = core.role is Role.CLIENT and not timed
-        liveness, now = core.liveness, self._now
+        largest = core.peerMaxFrame - SESSION_OVERHEAD
+        packSeq, packSeqAck = _SEQ_HEADER.pack, _SEQ_ACK_HEADER.pack
         budget = session.budget  # a server's, for the session's life; None for a client
 
-        def sendMessage(message: bytes) -> None:
-            nonlocal count, size, held
+        def sendSequenced(message: bytes) -> None:
+            nonlocal count, size
             n = len(message)
             if (
-                n > limit
+                n > largest
                 or core.state is not open_
                 or core.session is not session
                 or len(unacked) >= fullAt
@@ -1194,42 +1164,20 @@ class HeartbeatProtocol(Protocol):
             session.unackedBytes += n
             session.sent = seq
             if session.pendingAcks:
+                # The acknowledgement we owe rides along.
                 session.pendingAcks = 0
                 frame = packSeqAck(n + 18, 4, 3, seq, session.received) + message
             else:
                 frame = packSeq(n + 10, 4, 1, seq) + message
-            if protocol.outputPaused:
-                held += len(frame)
-                if held > pausedLimit:
-                    protocol._pendingWhilePaused += held
-                    held = 0
-                    if protocol._pendingWhilePaused > pausedLimit and not protocol._mayHold(
-                        len(frame)
-                    ):
-                        return
+            if protocol.outputPaused and not paused(len(frame)):
+                return
             count += 1
-            size += len(frame) - 4
+            size += len(frame)
             if timed:
                 liveness.lastSent = now()
             write(frame)
 
-        def drain() -> int:
-            nonlocal count, size
-            c = count
-            if c:
-                core.messagesOut += c
-                core.bytesOut += size + 4 * c
-                count = size = 0
-                self._wroteSinceCheck = True
-            return c
-
-        def resumed() -> None:
-            nonlocal held
-            held = 0
-
-        self._resumedFast = resumed
-        self._drainFast = drain
-        self.sendMessage = sendMessage  # type: ignore[method-assign]
+        self.sendMessage = sendSequenced  # type: ignore[method-assign]
 
     def _kernelKnowsLastSent(self) -> bool:
         self._socket = sock = findSocket(self.transport)
