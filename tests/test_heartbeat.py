@@ -794,12 +794,10 @@ class KernelClockTests(ClockTestCase):
 
     def test_noClockPerMessageAndPingsStillExact(self) -> None:
         liveness = self.protocol.core.liveness
-        self.assertNotIn("sendMessage", vars(self.protocol))  # idle: no fast path yet
+        self.assertIn("sendMessage", vars(self.protocol))  # a client's: from the handshake
         self.advance(2.0)
         self.protocol.sendMessage(b"hello")
-        self.assertIn("sendMessage", vars(self.protocol))  # in place from the first message
         self.assertEqual(liveness.lastSent, 0.0)  # no clock read
-        self.asked = 0  # once, to know the kernel can tell
         self.advance(8.0 - 0.125)
         self.assertEqual((self.pings(), self.asked), ([], 0))
         # The check at 10 s: the kernel says the last send was 8 s ago.
@@ -817,7 +815,6 @@ class KernelClockTests(ClockTestCase):
     def test_stillBufferedCountsAsWritingNow(self) -> None:
         liveness = self.protocol.core.liveness
         self.protocol.sendMessage(b"x")
-        self.asked = 0
         self.protocol._plainTCP = _Buffered()
         self.advance(10.0)
         self.assertEqual(self.asked, 0)  # the kernel has not sent it yet
@@ -842,3 +839,32 @@ class _Buffered:
 def _frames(data: bytes) -> list[object]:
     decoder = FrameDecoder()
     return [parseFrame(*raw) for raw in decoder.feed(data)]
+
+
+class LazyFastPathTests(ClockTestCase):
+    """
+    A server's fast send path goes in place at its first message (an idle
+    connection does not pay for it), even through a bound method taken
+    before; after the connection is gone, sending raises as always.
+    """
+
+    def test_boundMethodTakenEarly(self) -> None:
+        transport = StringTransport()
+        p = HeartbeatProtocol(HeartbeatConfig(), role=Role.SERVER, clock=self.clock)
+        p.makeConnection(transport)
+        p.dataReceived(encodeHello(Hello(PROTOCOL_VERSION, 10.0, 30.0, 1 << 20)))
+        send = p.sendMessage  # the class's, bound before the first message
+        self.assertNotIn("sendMessage", vars(p))
+        transport.clear()
+        send(b"one")
+        self.assertIn("sendMessage", vars(p))
+        send(b"two")
+        p.sendMessage(b"three")
+        got = [f for f in _frames(transport.value())]
+        self.assertEqual(got, [Data(b"one"), Data(b"two"), Data(b"three")])
+        self.assertEqual(p.stats.messagesOut, 3)
+        p.connectionLost(Failure(ConnectionDone()))
+        with self.assertRaises(LocalProtocolError):
+            send(b"late")
+        with self.assertRaises(LocalProtocolError):
+            p.sendMessage(b"late")

@@ -468,6 +468,7 @@ class HeartbeatProtocol(Protocol):
         if self._drainFast is not None:
             self._drainFast()
             self.__dict__.pop("sendMessage", None)  # the class's own again: it raises
+            self._fast = -1
         self._cancelTimers()
         self._releaseOutput()
         if self.core is not None:
@@ -557,14 +558,25 @@ class HeartbeatProtocol(Protocol):
             its overflow policy is RAISE (register a producer to be paused
             before that happens).
         """
+        fast = self._fast
+        if fast == 1:
+            # A bound method taken before the fast path was in place (a
+            # producer's, a LoopingCall's): hand over to it.
+            self.__dict__["sendMessage"](message)
+            return
         core = self.core
-        if self._fast == 0 and core is not None and core.state is _OPEN:
-            # The first message: put the fast path in place (not at the
-            # handshake: an idle connection does not pay for it).
+        if fast == 0 and core is not None and core.state is _OPEN:
+            # A server's first message: put the fast path in place (not at
+            # the handshake: an idle connection does not pay for it).
             self._installFastSend()
             if self._fast == 1:
-                self.sendMessage(message)
+                self.__dict__["sendMessage"](message)
                 return
+        self._sendPlain(message)
+
+    def _sendPlain(self, message: bytes) -> None:
+        """L{sendMessage} without the fast path (which falls back to it)."""
+        core = self.core
         length = len(message) + 2
         # fastLimit is the peer's frame limit, or -1 in a session (numbered
         # and kept messages take the careful path): one comparison for both.
@@ -1013,6 +1025,12 @@ class HeartbeatProtocol(Protocol):
         # The engine needs the session provider only for the handshake.
         if self.core is not None:
             self.core.sessionFor = None
+            if self.core.role is Role.CLIENT:
+                # A client sends from now on (its factory flushes its queue
+                # next), usually through a bound method taken now: the fast
+                # path goes in place at once (a server's waits for its first
+                # message: most of a fleet's connections idle).
+                self._installFastSend()
         # The factory first: it flushes messages queued while disconnected,
         # so they go out before anything the application sends now.
         notify = getattr(self.factory, "heartbeatConnectionReady", None)
@@ -1075,7 +1093,7 @@ class HeartbeatProtocol(Protocol):
             return  # a subclass's own: it calls this class's through super()
         self._fast = 1
         write = self.transport.write  # type: ignore[union-attr]
-        slow = HeartbeatProtocol.sendMessage
+        slow = HeartbeatProtocol._sendPlain
         protocol = self
         pausedLimit = self._pausedLimit
         count = size = held = 0
@@ -1083,17 +1101,13 @@ class HeartbeatProtocol(Protocol):
         self._kernelClock = core.role is Role.CLIENT and not timed
         liveness, now, open_ = core.liveness, self._now, _OPEN
 
-        def paused(length: int) -> bool:
-            # The peer is behind: count what we hold for it, and past the
-            # cheap bound let the careful path decide (budget, slow peer).
+        def overHeld(length: int) -> bool:
+            # Past the cheap bound of what we hold for a peer that is behind:
+            # the careful path decides (budget, slow peer).
             nonlocal held
-            held += length
-            if held > pausedLimit:
-                protocol._pendingWhilePaused += held
-                held = 0
-                if protocol._pendingWhilePaused > pausedLimit:
-                    return protocol._mayHold(length)
-            return True
+            protocol._pendingWhilePaused += held
+            held = 0
+            return protocol._pendingWhilePaused > pausedLimit and not protocol._mayHold(length)
 
         def drain() -> int:
             nonlocal count, size
@@ -1116,13 +1130,16 @@ class HeartbeatProtocol(Protocol):
             limit, pack = core.fastLimit, _packHeader
 
             def sendMessage(message: bytes) -> None:
-                nonlocal count, size
+                nonlocal count, size, held
                 length = len(message) + 2
                 if length > limit or core.state is not open_:
                     slow(protocol, message)  # raises the precise error
                     return
-                if protocol.outputPaused and not paused(length + 4):
-                    return
+                if protocol.outputPaused:
+                    # The peer is behind: count what we hold for it.
+                    held += length + 4
+                    if held > pausedLimit and overHeld(length + 4):
+                        return
                 count += 1
                 size += length + 4
                 if timed:
@@ -1141,7 +1158,7 @@ class HeartbeatProtocol(Protocol):
         budget = session.budget  # a server's, for the session's life; None for a client
 
         def sendSequenced(message: bytes) -> None:
-            nonlocal count, size
+            nonlocal count, size, held
             n = len(message)
             if (
                 n > largest
@@ -1169,8 +1186,10 @@ class HeartbeatProtocol(Protocol):
                 frame = packSeqAck(n + 18, 4, 3, seq, session.received) + message
             else:
                 frame = packSeq(n + 10, 4, 1, seq) + message
-            if protocol.outputPaused and not paused(len(frame)):
-                return
+            if protocol.outputPaused:
+                held += len(frame)
+                if held > pausedLimit and overHeld(len(frame)):
+                    return
             count += 1
             size += len(frame)
             if timed:
