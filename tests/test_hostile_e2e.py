@@ -75,6 +75,26 @@ def readFrames(sock: socket.socket, until: Any, timeout: float = 5.0) -> list[An
     return got
 
 
+def trickle(sock: socket.socket, data: bytes) -> bytes | None:
+    """
+    On a non-blocking socket: send C{data} (skipped if the buffer is
+    full) and take what has arrived.  L{None} once the server closed it.
+    """
+    try:
+        sock.send(data)
+    except BlockingIOError:
+        pass
+    except OSError:
+        return None
+    try:
+        got = sock.recv(65536)
+    except BlockingIOError:
+        return b""
+    except OSError:
+        return None
+    return got or None
+
+
 def hello(clientId: str | None = None, **kw: Any) -> bytes:
     fields: dict[str, Any] = {"version": 2, "interval": 1.0, "timeout": 3.0, "maxFrame": 1 << 20}
     fields.update(kw)
@@ -388,38 +408,31 @@ def test_trickledHalfFrameEvictedAtTheIdleTimeout() -> Any:
         _, port, sp = bareServer(procs, "--interval", "1", "--idle-timeout", "5")
         yield waitFor(listening(sp), 20, "the server")
 
-        def attack() -> list[float]:
+        def halfFrames() -> list[socket.socket]:
             socks = []
             for i in range(20):
                 sock = connect(port)
                 sock.sendall(hello(f"t{i}", version=1))
                 readFrames(sock, lambda f: len(f) >= 1)
                 sock.sendall(struct.pack(">IBB", 1_000_000, 4, 0) + b"p" * 900_000)
+                sock.setblocking(False)
                 socks.append(sock)
-            started = time.monotonic()
-            closedAt: dict[int, float] = {}
-            while len(closedAt) < len(socks) and time.monotonic() - started < 12:
+            return socks
+
+        socks = yield deferToThread(halfFrames)
+        # The trickle is paced on the reactor's clock (non-blocking sends).
+        started = reactor.seconds()
+        closedAt: dict[int, float] = {}
+        try:
+            while len(closedAt) < len(socks) and reactor.seconds() - started < 12:
                 for n, sock in enumerate(socks):
-                    if n in closedAt:
-                        continue
-                    try:
-                        sock.send(b"p")  # one byte a second: life, but no frame
-                        sock.setblocking(False)
-                        try:
-                            if sock.recv(65536) == b"":
-                                closedAt[n] = time.monotonic() - started
-                        except BlockingIOError:
-                            pass
-                        finally:
-                            sock.setblocking(True)
-                    except OSError:
-                        closedAt[n] = time.monotonic() - started
-                time.sleep(0.5)
+                    if n not in closedAt and trickle(sock, b"p") is None:
+                        closedAt[n] = reactor.seconds() - started
+                yield sleep(0.5)  # a byte a second or so: life, but no frame
+        finally:
             for sock in socks:
                 sock.close()
-            return sorted(closedAt.values())
-
-        closed = yield deferToThread(attack)
+        closed = sorted(closedAt.values())
         report(
             "20 half-frames of 900 KB kept alive by a byte a second, --idle-timeout 5",
             evicted=len(closed),
@@ -503,53 +516,47 @@ def test_pingRateAgainstTheNegotiatedInterval() -> Any:
         proc, port, sp = liveServer(procs)
         yield waitFor(listening(sp), 20, "the server")
 
-        def flood() -> tuple[float, int, int | None]:
+        def handshake(clientId: str, interval: float, timeout: float) -> tuple[Any, Any]:
             sock = connect(port)
-            sock.sendall(hello("flood", interval=0.001, timeout=1.0))
+            sock.sendall(hello(clientId, interval=interval, timeout=timeout))
             (reply,) = readFrames(sock, lambda f: len(f) >= 1)
-            sent = 0
-            decoder = FrameDecoder()
-            frames: list[Any] = []
+            sock.setblocking(False)
+            return sock, reply
+
+        # A PING every millisecond, paced on the reactor's clock.
+        sock, reply = yield deferToThread(handshake, "flood", 0.001, 1.0)
+        interval, sent = reply.interval, 0
+        decoder = FrameDecoder()
+        frames: list[Any] = []
+        try:
             for n in range(1, 2000):
-                try:
-                    sock.sendall(encodePing(n, n))
-                except OSError:
+                data = trickle(sock, encodePing(n, n))
+                if data is None:
                     break
                 sent += 1
-                time.sleep(0.001)
-                sock.setblocking(False)
-                try:
-                    data = sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    break
-                finally:
-                    sock.setblocking(True)
                 frames.extend(parseFrame(t, f, p) for t, f, p in decoder.feed(data))
-                if not data or closedWith(frames) is not None:
+                if closedWith(frames) is not None:
                     break
+                yield sleep(0.001)
+        finally:
             sock.close()
-            return reply.interval, sent, closedWith(frames)
+        code = closedWith(frames)
 
-        def bunched() -> bool:
-            # A good client pinging every second, its pings bunched in threes
-            # now and then (a stalled network): never closed.
-            sock = connect(port)
-            sock.sendall(hello("good", interval=1.0, timeout=3.0))
-            readFrames(sock, lambda f: len(f) >= 1)
-            n = 0
+        # A good client pinging every second, its pings bunched in threes
+        # now and then (a stalled network): never closed.
+        sock, _ = yield deferToThread(handshake, "good", 1.0, 3.0)
+        n = 0
+        try:
             for round_ in range(8):
                 for _ in range(3 if round_ % 3 == 0 else 1):
                     n += 1
-                    sock.sendall(encodePing(n, n))
-                time.sleep(1.0)
-            frames = readFrames(sock, lambda f: False, 0.3)
+                    assert trickle(sock, encodePing(n, n)) is not None
+                yield sleep(1.0)
+            sock.setblocking(True)
+            frames = yield deferToThread(readFrames, sock, lambda f: False, 0.3)
+        finally:
             sock.close()
-            return closedWith(frames) is None and "EOF" not in frames
-
-        interval, sent, code = yield deferToThread(flood)
-        good = yield deferToThread(bunched)
+        good = closedWith(frames) is None and "EOF" not in frames
         report(
             "PINGs every 1 ms after proposing a 1 ms interval",
             negotiated_interval=interval,
@@ -832,6 +839,8 @@ def test_seededFuzzerNoTracebacksWhileAGoodClientWorks() -> Any:
                         cut = rng.randrange(len(chunk) + 1) if chunk else 0
                         sock.sendall(chunk[:cut])
                         if rng.random() < 0.2:
+                            # Split reads; in the fuzzer's worker thread, not
+                            # the reactor's (the good client runs meanwhile).
                             time.sleep(0.001)
                         sock.sendall(chunk[cut:])
                     if rng.random() < 0.5:
