@@ -179,3 +179,31 @@ class ThroughANatTests(SynchronousTestCase):
         # At the learned interval: that interval and what the timeout leaves.
         self.assertLess(interval, 30.0)
         self.assertLessEqual(detected, interval + 15.0 - 5.0 + 0.25)
+
+
+class ServerTimeoutCapTests(SynchronousTestCase):
+    """
+    The interval never reaches the server's eviction timeout: a client
+    stays under 80 % of the timeout the server announced, however long
+    the path would let it be silent.
+    """
+
+    def test_cappedByTheServersTimeout(self) -> None:
+        reactor = MemoryReactorClock()
+        network = FakeNetwork(reactor)  # no NAT: the path keeps any silence
+        server = KeepaliveServerFactory(HeartbeatConfig(interval=1.0, timeout=20.0), clock=reactor)
+        client = KeepaliveClientFactory(
+            HeartbeatConfig(interval=1.0, timeout=3.0, adaptiveInterval=60.0),
+            servers=["10.0.0.1:9000"],
+            reactor=reactor,
+        )
+        self.addCleanup(client.stopTrying)
+        client.connect()
+        network.accept(server)
+        network.advance(600.0, step=0.25)
+        protocol = getattr(network.pairs[0].client, "_wrappedProtocol", None)
+        assert protocol is not None and protocol.core is not None
+        self.assertEqual(protocol.core.liveness.interval, 0.8 * 20.0)
+        self.assertEqual(len(network.pairs), 1)  # never evicted, never died
+        self.assertEqual(client.state, ClientState.CONNECTED)
+        self.assertEqual(server.evictions, 0)

@@ -383,8 +383,9 @@ class FrameDecoder:
         # many have arrived, so a large frame costs one copy, not one per read.
         self._need = HEADER_SIZE
         self.maxFrame = maxFrame
-        #: With C{split}: the sequence number (and ACK, or None) of the
-        #: session DATA frame just yielded.
+        #: With C{split}: the sequence number of the session DATA frame
+        #: L{feed} just yielded (L{frames} yields it instead), and its ACK
+        #: (valid when its flags have L{DATA_ACK}).
         self.seq = 0
         self.ack: int | None = None
 
@@ -447,7 +448,6 @@ class FrameDecoder:
                 seq, self.ack = _U64U64.unpack_from(head, HEADER_SIZE)
             else:
                 seq = _U64.unpack_from(head, HEADER_SIZE)[0]
-            self.seq = seq
             skip += prefix
         parts: list[bytes | memoryview] = []
         for chunk in chunks:
@@ -479,15 +479,17 @@ class FrameDecoder:
         @raise RemoteProtocolError: a length field below 2 or above
             L{maxFrame}.  The decoder is then unusable.
         """
-        for ftype, flags, payload, _ in self.frames(data, split):
+        for ftype, flags, payload, seq in self.frames(data, split):
+            if flags & DATA_SEQ:
+                self.seq = seq
             yield ftype, flags, payload
 
     def frames(self, data: bytes, split: bool = True) -> Iterator[tuple[int, int, bytes, int]]:
         """
         L{feed} for the engine's data path: C{(type, flags, payload, seq)},
         with C{split} a session DATA frame's message alone and its
-        sequence number (also in L{seq}; meaningless for other frames):
-        one copy of the message instead of two.
+        sequence number (meaningless for other frames): one copy of the
+        message instead of two, and no attribute written per frame.
         """
         self._size += len(data)
         if self._size < self._need:
@@ -576,7 +578,6 @@ class FrameDecoder:
                             raise RemoteProtocolError("DATA with SEQ needs at least 8 bytes")
                         seq = unpackSeq(buf, start)[0]
                         start += 8
-                    self.seq = seq
                 payload = buf[start:stop]
                 offset = stop
                 yield ftype, flags, payload, seq
